@@ -40,11 +40,9 @@ def runner_metadata(*, bos_id: int, eos_ids: tuple[int, ...], context_len: int, 
 
 
 def partitioners_for(target: Target) -> list:
-    if target.backend == "xnnpack":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from export.backends import backend_module
 
-        return [XnnpackPartitioner()]
-    raise ExportError(f"backend {target.backend!r} is not available in this build", fix="use --target xnnpack")
+    return backend_module(target).partitioners(target)
 
 
 def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: int) -> LoweredProgram:

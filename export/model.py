@@ -73,8 +73,17 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, arch: Architecture, max_context: int):
+    """Attention with a KV cache.
+
+    ``kernel="custom"`` uses ExecuTorch's LLM ops (update_cache, custom_sdpa): fastest on XNNPACK, but
+    only runtimes that link the custom-ops library run them. ``kernel="sdpa"`` writes the cache with a
+    slice copy and attends over the whole (masked) cache with standard ops, which backends that own the
+    whole graph (Core ML, QNN, Vulkan) can take over, including the cache as state.
+    """
+
+    def __init__(self, arch: Architecture, max_context: int, kernel: str = "custom"):
         super().__init__()
+        self.kernel = kernel
         self.n_heads, self.n_kv_heads, self.head_dim = arch.n_heads, arch.n_kv_heads, arch.head_dim
         self.wq = nn.Linear(arch.dim, arch.n_heads * arch.head_dim, bias=False)
         self.wk = nn.Linear(arch.dim, arch.n_kv_heads * arch.head_dim, bias=False)
@@ -90,11 +99,25 @@ class Attention(nn.Module):
         k = self.wk(x).view(batch, seqlen, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(batch, seqlen, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin, swap), apply_rope(k, cos, sin, swap)
+        if self.kernel == "sdpa":
+            return self.wo(self._standard_attention(q, k, v, start_pos).reshape(batch, seqlen, -1))
         torch.ops.llama.update_cache(k, self.k_cache, start_pos)
         torch.ops.llama.update_cache(v, self.v_cache, start_pos)
         # The custom op handles grouped-query attention and the causal mask from start_pos.
         out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start_pos, None, 0, True)
         return self.wo(out.reshape(batch, seqlen, -1))
+
+    def _standard_attention(self, q, k, v, start_pos: int):
+        seqlen, max_context = q.shape[1], self.k_cache.shape[1]
+        self.k_cache[:, start_pos:start_pos + seqlen] = k
+        self.v_cache[:, start_pos:start_pos + seqlen] = v
+        query_pos = torch.arange(seqlen).unsqueeze(1) + start_pos
+        mask = torch.arange(max_context).unsqueeze(0) <= query_pos  # causal over the filled cache
+        repeats = self.n_heads // self.n_kv_heads
+        keys = self.k_cache.transpose(1, 2).repeat_interleave(repeats, dim=1)
+        values = self.v_cache.transpose(1, 2).repeat_interleave(repeats, dim=1)
+        out = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+        return out.transpose(1, 2)
 
 
 class FeedForward(nn.Module):
@@ -109,9 +132,9 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, arch: Architecture, layer: int, max_context: int):
+    def __init__(self, arch: Architecture, layer: int, max_context: int, kernel: str = "custom"):
         super().__init__()
-        self.attention = Attention(arch, max_context)
+        self.attention = Attention(arch, max_context, kernel)
         self.feed_forward = FeedForward(arch.dim, arch.ffn_hidden_of(layer))
         self.attention_norm = RMSNorm(arch.dim, arch.norm_eps)
         self.ffn_norm = RMSNorm(arch.dim, arch.norm_eps)
@@ -122,12 +145,12 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, arch: Architecture, max_context: int):
+    def __init__(self, arch: Architecture, max_context: int, attention_kernel: str = "custom"):
         super().__init__()
         self.arch = arch
         self.max_context = max_context
         self.tok_embeddings = nn.Embedding(arch.vocab_size, arch.dim)
-        self.layers = nn.ModuleList(Block(arch, i, max_context) for i in range(arch.n_layers))
+        self.layers = nn.ModuleList(Block(arch, i, max_context, attention_kernel) for i in range(arch.n_layers))
         self.norm = RMSNorm(arch.dim, arch.norm_eps)
         self.output = nn.Linear(arch.dim, arch.output_rows, bias=False)
         if arch.tied_embeddings:
@@ -173,10 +196,12 @@ class Transformer(nn.Module):
 
 
 def build_model(arch: Architecture, max_context: int, state_dict: dict[str, torch.Tensor],
-                dtype: torch.dtype = torch.float32) -> Transformer:
+                dtype: torch.dtype = torch.float32, attention_kernel: str = "custom") -> Transformer:
     """Build on the meta device and take the loader's tensors as they are (no second copy)."""
+    if attention_kernel not in ("custom", "sdpa"):
+        raise ValueError(f"attention_kernel must be 'custom' or 'sdpa', not {attention_kernel!r}")
     with torch.device("meta"):
-        model = Transformer(arch, max_context)
+        model = Transformer(arch, max_context, attention_kernel)
     if arch.tied_embeddings:
         state_dict = {**state_dict, "output.weight": state_dict["tok_embeddings.weight"]}
     model.load_state_dict(state_dict, strict=True, assign=True)

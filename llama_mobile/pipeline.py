@@ -69,6 +69,9 @@ def check_request(request: ExportRequest):
                          fix=f"use schemes {', '.join(target.linear_schemes)} for {target.name}")
     if preset is not None:
         check_recipe_fits(recipe, linear_widths(preset.architecture), preset.architecture.dim)
+    from export.backends import backend_module
+
+    backend_module(target).check_environment(target)  # a missing SDK stops here, before any weight is read
     check_writable(request.output_dir)
     return preset, recipe, target
 
@@ -138,7 +141,9 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
                       f"{arch.param_count() / 1e6:.0f}M parameters, context {context}")
     load_custom_ops()
     with progress.stage("reference"):
-        model = build_model(arch, context, loaded.state_dict)
+        from export.backends import backend_module
+
+        model = build_model(arch, context, loaded.state_dict, **backend_module(target).MODEL_OPTIONS)
         loaded.state_dict = {}  # the model owns the tensors now; nothing holds a second reference
         token_ids = eval_token_ids(tokenizer, min(request.positions, context), bos_id=loaded.specials.bos_id)
         reference = reference_logits(model, token_ids) if request.validate else None

@@ -9,12 +9,18 @@ from llama_mobile.errors import UsageError
 @dataclass(frozen=True)
 class Target:
     name: str
-    backend: str  # "xnnpack" | "coreml"
+    backend: str  # a module in export/backends/
     summary: str
     # Recipe schemes this backend runs as delegated kernels; others would fall back to slow portable ops.
     linear_schemes: tuple[str, ...]
     embedding_schemes: tuple[str, ...]
     min_os: str | None = None
+    # Backend-specific settings (Core ML compute units and state, QNN SoC, ...), read by export/backends/.
+    options: tuple[tuple[str, object], ...] = ()
+    experimental: bool = False
+
+    def option(self, key: str, default=None):
+        return dict(self.options).get(key, default)
 
 
 TARGETS: dict[str, Target] = {

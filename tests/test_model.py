@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from export.model import apply_rope, build_model, rope_frequencies, rope_tables
@@ -45,3 +46,30 @@ def test_incremental_decode_equals_full_forward(custom_ops):
     model.reset_cache()
     model(tokens[:, :8], torch.tensor([0]))
     torch.testing.assert_close(model(tokens[:, 8:], torch.tensor([8]))[0], full[-1], rtol=1e-4, atol=1e-4)
+
+
+def test_standard_attention_matches_custom_ops_on_prefill_and_decode():
+    """The sdpa kernel (for Core ML, QNN, Vulkan) computes what ExecuTorch's custom ops compute."""
+    from export.model import build_model, load_custom_ops
+    from tests.checkpoints import TINY, random_state_dict
+
+    load_custom_ops()
+    state = random_state_dict(TINY, seed=3)
+    custom = build_model(TINY, 32, dict(state))
+    standard = build_model(TINY, 32, dict(state), attention_kernel="sdpa")
+    tokens = torch.tensor([[5, 17, 42, 9, 100]])
+    for model in (custom, standard):
+        model.all_logits = True
+    prefill = [m(tokens, torch.tensor([0])) for m in (custom, standard)]
+    torch.testing.assert_close(prefill[1], prefill[0], atol=1e-4, rtol=1e-4)
+    step = [m(torch.tensor([[7]]), torch.tensor([5])) for m in (custom, standard)]
+    torch.testing.assert_close(step[1], step[0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(step[0], prefill[0][:, -1:]), "decode must see the cache, not repeat prefill"
+
+
+def test_build_model_rejects_unknown_attention_kernel():
+    from export.model import build_model
+    from tests.checkpoints import TINY, random_state_dict
+
+    with pytest.raises(ValueError, match="attention_kernel"):
+        build_model(TINY, 16, random_state_dict(TINY), attention_kernel="flash")
