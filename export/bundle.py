@@ -13,6 +13,7 @@ from llama_mobile.manifest import BUNDLE_FORMAT, MANIFEST_NAME, SCHEMA_VERSION, 
 from llama_mobile.errors import ExportError
 
 PROGRAM_NAME = "model.pte"
+WEIGHTS_NAME = "model.ptd"  # ExecuTorch's external weights (program-data separation), when used
 PARITY_NAME = "parity.json"
 
 
@@ -30,8 +31,16 @@ def bundle_name(preset: str, recipe: str, target: str) -> str:
     return f"{preset}-{recipe}-{target}"
 
 
-def write_payload(staging: Path, pte: bytes, tokenizer_path: Path) -> Path:
+def weights_path(program: Path) -> Path | None:
+    """The external weights file beside a program, if the program has one."""
+    candidate = Path(program).with_suffix(".ptd")
+    return candidate if candidate.exists() else None
+
+
+def write_payload(staging: Path, pte: bytes, tokenizer_path: Path, weights: bytes | None = None) -> Path:
     write_file(staging / PROGRAM_NAME, pte)
+    if weights is not None:
+        write_file(staging / WEIGHTS_NAME, weights)
     try:
         shutil.copyfile(tokenizer_path, staging / tokenizer_path.name)
     except OSError as exc:

@@ -21,6 +21,8 @@ class LoweredProgram:
     delegated_calls: int
     portable_ops: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    # With external weights: the .ptd holding every constant, each distinct tensor once.
+    weights: bytes | None = None
 
 
 def runner_metadata(*, bos_id: int, eos_ids: tuple[int, ...], context_len: int, max_seq_len: int,
@@ -45,7 +47,38 @@ def partitioners_for(target: Target) -> list:
     return backend_module(target).partitioners(target)
 
 
-def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: int) -> LoweredProgram:
+WEIGHTS_TAG = "weights"
+
+
+def tag_weights_external(exported) -> int:
+    """Send every constant, inside delegates or not, to one external data file.
+
+    ExecuTorch stores a delegate's weights and the program's own constants in separate places, so a tied
+    embedding (read by the embedding op) and output layer (packed by XNNPACK) would be stored twice. In one
+    external file both go through the same content-addressed store, and identical bytes are kept once.
+    """
+    tagged = 0
+    for node in exported.graph.nodes:
+        if node.op == "placeholder" and node.name not in exported.graph_signature.user_inputs:
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = WEIGHTS_TAG
+            tagged += 1
+    return tagged
+
+
+def _tagging(partitioner):
+    """Tag the weights on the graph the partitioner sees (after decomposition, where tags survive)."""
+    partition = partitioner.partition
+
+    def tag_then_partition(exported_program):
+        tag_weights_external(exported_program)
+        return partition(exported_program)
+
+    partitioner.partition = tag_then_partition
+    return partitioner
+
+
+def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: int,
+          external_weights: bool = False) -> LoweredProgram:
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from torch.export import Dim, export
@@ -64,7 +97,8 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
         started = time.perf_counter()
         edge = to_edge_transform_and_lower(
             exported,
-            partitioner=partitioners_for(target),
+            partitioner=[_tagging(p) for p in partitioners_for(target)] if external_weights
+            else partitioners_for(target),
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
             constant_methods=metadata,
         )
@@ -74,7 +108,15 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
             extract_delegate_segments=True,
             do_quant_fusion_and_const_prop=True,
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+            external_constants=(lambda node: WEIGHTS_TAG) if external_weights else False,
         ))
+        weights = None
+        if external_weights:
+            data_files = program._tensor_data  # no public accessor besides write_tensor_data_to_file
+            if set(data_files) != {WEIGHTS_TAG}:
+                raise ExportError(f"expected one weights file, ExecuTorch produced {sorted(data_files)}",
+                                  fix="export without external weights")
+            weights = bytes(data_files[WEIGHTS_TAG])
         seconds["to_executorch"] = time.perf_counter() - started
     except ExportError:
         raise
@@ -84,7 +126,7 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
                           fix="report this with the command line; try --recipe fp32 to isolate it") from exc
     delegated, portable = _count_ops(edge.exported_program().graph_module)
     return LoweredProgram(pte=program.buffer, target=target.name, metadata=metadata,
-                          delegated_calls=delegated, portable_ops=portable, seconds=seconds)
+                          delegated_calls=delegated, portable_ops=portable, seconds=seconds, weights=weights)
 
 
 def _count_ops(graph_module) -> tuple[int, dict[str, int]]:

@@ -97,7 +97,8 @@ def linear_widths(arch) -> dict[str, int]:
 
 
 def run_export(request: ExportRequest, progress: Progress | None = None) -> ExportResult:
-    from export.bundle import bundle_name, write_json, write_manifest, write_payload, PARITY_NAME, PROGRAM_NAME
+    from export.bundle import (PARITY_NAME, PROGRAM_NAME, WEIGHTS_NAME, bundle_name, write_json, write_manifest,
+                               write_payload)
     from export.checkpoint import load_checkpoint
     from export.lower import lower, runner_metadata
     from export.model import build_model, load_custom_ops
@@ -148,13 +149,15 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         token_ids = eval_token_ids(tokenizer, min(request.positions, context), bos_id=loaded.specials.bos_id)
         reference = reference_logits(model, token_ids) if request.validate else None
     with progress.stage("quantize", recipe.name):
-        torchao_configs = quantize_model(model, recipe)
+        torchao_configs = quantize_model(model, recipe, tied=arch.tied_embeddings)
     max_seq_len = min(context, 256)
     metadata = runner_metadata(bos_id=loaded.specials.bos_id, eos_ids=loaded.specials.eos_ids,
                                context_len=context, max_seq_len=max_seq_len, vocab_size=arch.vocab_size,
                                n_layers=arch.n_layers)
     with progress.stage("lower", target.name):
-        lowered = lower(model, target, metadata, max_seq_len)
+        # A tied embedding/output pair is stored once only through ExecuTorch's external weights file.
+        external_weights = target.backend == "xnnpack" and arch.tied_embeddings
+        lowered = lower(model, target, metadata, max_seq_len, external_weights=external_weights)
         del model
         progress.note(f"{lowered.delegated_calls} delegated calls; outside delegates: "
                       + (", ".join(f"{k}x{v}" for k, v in sorted(lowered.portable_ops.items())) or "none"))
@@ -162,7 +165,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     final = Path(request.output_dir) / name
     parity = None
     with progress.stage("bundle", str(final)), staged_directory(final) as staging:
-        tokenizer_file = write_payload(staging, lowered.pte, loaded.tokenizer_path)
+        tokenizer_file = write_payload(staging, lowered.pte, loaded.tokenizer_path, lowered.weights)
         if request.validate:
             metrics = program_parity(staging / PROGRAM_NAME, token_ids, reference)
             result = gate(metrics, dataclasses.asdict(recipe.thresholds))
@@ -176,7 +179,8 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
                       "history": loaded.history},
             "recipe": {**recipe.to_dict(), "torchao_configs": torchao_configs},
             "target": {"name": target.name, "backend": target.backend, "min_os": target.min_os},
-            "runtime": {"program": PROGRAM_NAME, "context_length": context, "max_seq_len": max_seq_len,
+            "runtime": {"program": PROGRAM_NAME, "weights": WEIGHTS_NAME if lowered.weights else None,
+                        "context_length": context, "max_seq_len": max_seq_len,
                         "metadata": metadata, "delegated_calls": lowered.delegated_calls,
                         "ops_outside_delegates": lowered.portable_ops},
             "tokenizer": {"file": tokenizer_file.name, "kind": tokenizer_kind(tokenizer_file)},

@@ -5,8 +5,9 @@ ExecuTorch 1.5 XNNPACK): int4 weights packed two per byte with one bf16 scale pe
 (executorch/backends/xnnpack/operators/node_visitor.py casts per-channel-group scales to bf16);
 int8 per-channel weights with one fp32 scale per row (torchao keeps the weight's dtype for scales
 when weight_scale_dtype is unset); the embedding outside the delegate with fp32 row scales. A tied
-output layer is stored apart from the embedding even in fp32: the embedding runs as a portable op,
-the output layer inside the XNNPACK delegate. SmolLM2-135M 8da4w and fp32 exports match to 0.02%.
+output layer is stored once with the embedding when both hold the same bytes (fp32, or int8 per
+channel): the export then puts every weight in model.ptd, ExecuTorch's content-addressed external
+weights file; otherwise the two are stored apart. SmolLM2-135M 8da4w and fp32 exports match to 0.02%.
 """
 from __future__ import annotations
 
@@ -127,9 +128,12 @@ def weight_bytes(rows: int, cols: int, quant: LayerQuant, group_scale_bytes: int
 
 
 def predict_size(arch: Architecture, recipe: Recipe, context: int, *,
-                 group_scale_bytes: int = GROUP_SCALE_BYTES) -> SizePrediction:
-    """The .pte's bytes by component. group_scale_bytes=4 models a build that keeps int4 group scales
-    in fp32 (Meta's Llama 3.2 quantized release has that layout)."""
+                 group_scale_bytes: int = GROUP_SCALE_BYTES, tied_stored_once: bool | None = None) -> SizePrediction:
+    """The program's bytes (model.pte + model.ptd) by component. group_scale_bytes=4 and
+    tied_stored_once=False model Meta's Llama 3.2 quantized release (fp32 group scales, the tied
+    matrix stored twice); by default the layout this toolchain writes."""
+    if tied_stored_once is None:
+        tied_stored_once = arch.tied_embeddings and recipe.shares_tied_weights()
     by_quant: dict[tuple[str, LayerQuant], list[int]] = {}
     for name, (rows, cols) in linear_shapes(arch).items():
         quant = recipe.quant_for(name)
@@ -142,10 +146,14 @@ def predict_size(arch: Architecture, recipe: Recipe, context: int, *,
         Component(f"{kind}:{_describe(quant)}", total, f"{layers} layers, {params:,} weights")
         for (kind, quant), (total, params, layers) in by_quant.items()
     ]
-    # Embeddings are never grouped into 4-bit XNNPACK kernels: their group scales stay fp32.
-    components.append(Component(f"embedding:{_describe(recipe.embedding)}",
-                                weight_bytes(arch.vocab_size, arch.dim, recipe.embedding, ROW_SCALE_BYTES),
-                                f"{arch.vocab_size} x {arch.dim}"))
+    if tied_stored_once:
+        components.append(Component("embedding:shared-with-output", 0,
+                                    "tied: the output layer's bytes serve the lookup (model.ptd holds them once)"))
+    else:
+        # Embeddings are never grouped into 4-bit XNNPACK kernels: their group scales stay fp32.
+        components.append(Component(f"embedding:{_describe(recipe.embedding)}",
+                                    weight_bytes(arch.vocab_size, arch.dim, recipe.embedding, ROW_SCALE_BYTES),
+                                    f"{arch.vocab_size} x {arch.dim}"))
     norms = (2 * arch.n_layers + 1) * arch.dim * 4 + arch.dim * 4  # weights + the shared 1/dim row
     components.append(Component("norms", norms, f"{2 * arch.n_layers + 1} RMSNorm weights, fp32"))
     rope = 2 * context * arch.head_dim * 4 + arch.head_dim * arch.head_dim * 4

@@ -37,14 +37,19 @@ def linear_in_features(model: nn.Module) -> dict[str, int]:
     return {name: m.in_features for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def quantize_model(model: nn.Module, recipe: Recipe) -> dict[str, dict]:
-    """Quantize in place. Returns {module name pattern: torchao config dict} for the manifest."""
+def quantize_model(model: nn.Module, recipe: Recipe, tied: bool = False) -> dict[str, dict]:
+    """Quantize in place. Returns {module name pattern: torchao config dict} for the manifest.
+
+    With ``tied`` (the output layer reuses the embedding matrix) and a recipe that stores both the same
+    way, the quantized output weight also serves the embedding lookup, so the file can hold it once.
+    """
     from torchao.core.config import config_to_dict
     from torchao.quantization import quantize_
 
     applied: dict[str, dict] = {}
+    share = tied and recipe.shares_tied_weights() and not recipe.embedding.is_float
     embedding_config = torchao_config(recipe.embedding, embedding=True)
-    if embedding_config is not None:
+    if embedding_config is not None and not share:
         names = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
         quantize_(model, embedding_config, filter_fn=lambda m, fqn: fqn in names)
         applied["embedding:" + ",".join(sorted(names))] = config_to_dict(embedding_config)
@@ -60,6 +65,9 @@ def quantize_model(model: nn.Module, recipe: Recipe) -> dict[str, dict]:
         log.info("quantizing %d linear layers as %s (group %s)", len(names), quant.scheme, quant.group_size)
         quantize_(model, config, filter_fn=lambda m, fqn: fqn in selected)
         applied["linear:" + _describe(names)] = config_to_dict(config)
+    if share:
+        model.tok_embeddings.weight = model.output.weight  # torchao's embedding dequantizes it row by row
+        applied["embedding:tok_embeddings"] = {"shared_with": "output"}
     _check_all_quantized(model, recipe)
     return applied
 

@@ -75,6 +75,18 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def shares_tied_weights(self) -> bool:
+        """Whether a tied embedding and output layer can be stored once under this recipe.
+
+        Both must hold the same bytes: both float, or both int8 per channel (one tensor serves the
+        embedding lookup and the output matmul; dynamic activation quantization does not change the weight).
+        """
+        embedding, output = self.embedding, self.output
+        if embedding.is_float or output.is_float:
+            return embedding.scheme == output.scheme == "fp32"
+        return (embedding.weight_bits == output.weight_bits == 8 and not embedding.group_size
+                and not output.group_size and embedding.symmetric == output.symmetric)
+
     def quant_for(self, module_name: str) -> LayerQuant:
         """The scheme a linear layer gets: first matching override, then output, then linear."""
         for override in self.overrides:

@@ -32,6 +32,13 @@ class BenchRequest:
     llama_cpp_gguf: Path | None = None
 
 
+def model_bytes(manifest: dict) -> int:
+    """The program plus its external weights file, if any: what the app loads."""
+    runtime = manifest["runtime"]
+    names = [runtime["program"]] + ([runtime["weights"]] if runtime.get("weights") else [])
+    return sum(manifest["files"][name]["size"] for name in names)
+
+
 def prompt_of_length(tokenizer, n_tokens: int) -> str:
     from runtime_harness.parity import CORPUS
 
@@ -96,7 +103,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
             prompts[length].write_text(prompt_of_length(tokenizer, length), encoding="utf-8")
     report = {"bundle": str(request.bundle), "threads": request.threads, "runs": request.runs,
               "warmup": request.warmup, "new_tokens": request.new_tokens,
-              "size_bytes": {"executorch": manifest["files"][manifest["runtime"]["program"]]["size"]}}
+              "size_bytes": {"executorch": model_bytes(manifest)}}
     with progress.stage("executorch", f"{len(prompts)} prompt lengths x {request.runs} runs"):
         report["executorch"] = run_side("executorch", request.bundle, prompts, request)
     if request.llama_cpp_gguf:

@@ -49,9 +49,12 @@ class Runner:
         load_runtime_ops()
         from executorch.extension.llm.runner import TextLLMRunner
 
+        from export.bundle import weights_path
+
+        weights = weights_path(Path(program))
         try:
             with quiet_native_stderr():
-                self._runner = TextLLMRunner(str(program), str(tokenizer))
+                self._runner = TextLLMRunner(str(program), str(tokenizer), str(weights) if weights else None)
         except RuntimeError as exc:
             raise RuntimeFailure(f"TextLLMRunner cannot load the bundle ({exc})", path=program,
                                  fix="re-export the bundle with this llama-mobile version") from None

@@ -36,9 +36,12 @@ class Program:
         load_runtime_ops()
         from executorch.extension.pybindings.portable_lib import _load_for_executorch
 
+        from export.bundle import weights_path
+
         self.path = Path(path)
+        weights = weights_path(self.path)
         try:
-            self.module = _load_for_executorch(str(self.path))
+            self.module = _load_for_executorch(str(self.path), str(weights) if weights else None)
         except (RuntimeError, ValueError) as exc:
             raise RuntimeFailure(f"the ExecuTorch runtime cannot load the program ({exc})", path=path,
                                  fix="re-export it with this llama-mobile version") from None

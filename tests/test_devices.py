@@ -59,4 +59,4 @@ def test_3b_on_8gb_gets_a_shorter_context_or_a_reason():
     assert shrunk.requested_context == 8192 and shrunk.context < 8192
     assert shrunk.device.fits and any("context shrunk" in n for n in shrunk.notes)
     with pytest.raises(ResourceError, match="exynos-2400"):
-        plan(arch, load_recipe("8da8w"), device=device)
+        plan(arch, load_recipe("fp32"), device=device)
