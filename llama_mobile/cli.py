@@ -83,9 +83,19 @@ def main():
     """
 
 
+class _PresetOrFolder(click.Choice):
+    """A preset name, or a checkpoint folder (a pruned model): then --model llama --checkpoint FOLDER."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value not in self.choices and Path(value).expanduser().is_dir():
+            return value
+        return super().convert(value, param, ctx)
+
+
 @main.command()
 @click.option("--model", "model", default=DEFAULT_MODEL, show_default=True,
-              type=click.Choice([*MODEL_PRESETS, GENERIC_MODEL]), help="model preset ('llama': shapes from the config)")
+              type=_PresetOrFolder([*MODEL_PRESETS, GENERIC_MODEL]),
+              help="model preset ('llama': shapes from the config), or a checkpoint folder such as a pruned model")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Meta folder (params.json), Hugging Face folder (config.json) or .gguf; omit for embedded weights")
 @click.option("--recipe", default=None, help=f"recipe name or .toml path [default: the device's, else {DEFAULT_RECIPE}]")
@@ -116,6 +126,12 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
     from llama_mobile.pipeline import STAGES, ExportRequest, run_export
     from llama_mobile.progress import Progress
 
+    if model not in MODEL_PRESETS and model != GENERIC_MODEL:  # a folder: its config gives the shapes
+        from llama_mobile.errors import UsageError
+
+        if checkpoint is not None:
+            raise UsageError("--model is a folder and --checkpoint is given", fix="pass the folder once")
+        model, checkpoint = GENERIC_MODEL, Path(model)
     chosen = None
     if device:
         from llama_mobile.devices import get_device
@@ -554,6 +570,10 @@ def targets(as_json):
     for name, target in TARGETS.items():
         click.echo(f"{name:22s} {target.summary}")
 
+
+from llama_mobile.cli_prune import prune  # noqa: E402
+
+main.add_command(prune)
 
 if __name__ == "__main__":
     main()
