@@ -13,7 +13,7 @@ from llama_mobile.errors import INTERRUPTED_EXIT_CODE, LlamaMobileError
 from llama_mobile.presets import DEFAULT_MODEL, GENERIC_MODEL, MODEL_PRESETS
 from llama_mobile.targets import DEFAULT_TARGET, TARGETS
 
-DEFAULT_RECIPE = "8da4w"
+DEFAULT_RECIPE = "8da4w-mixed"
 
 
 def _quiet_libraries() -> None:
@@ -79,7 +79,7 @@ def main():
     \b
     Example:
       llama-mobile export                # embedded SmolLM2-135M, 8da4w, XNNPACK
-      llama-mobile generate out/smollm2-135m-instruct-8da4w-xnnpack --prompt "Name three planets."
+      llama-mobile generate out/smollm2-135m-instruct-8da4w-mixed-xnnpack --prompt "Name three planets."
     """
 
 
@@ -175,7 +175,7 @@ def generate(bundle, prompt, max_new_tokens, temperature, raw, as_json):
 
     \b
     Example:
-      llama-mobile generate out/smollm2-135m-instruct-8da4w-xnnpack --prompt "Name three planets."
+      llama-mobile generate out/smollm2-135m-instruct-8da4w-mixed-xnnpack --prompt "Name three planets."
     """
     _quiet_libraries()
     from llama_mobile.errors import RuntimeFailure
@@ -238,7 +238,7 @@ def validate(bundle, reference, text, prompts, guard_prompts, positions, gate_on
 
     \b
     Examples:
-      llama-mobile validate out/smollm2-135m-instruct-8da4w-xnnpack
+      llama-mobile validate out/smollm2-135m-instruct-8da4w-mixed-xnnpack
       llama-mobile validate out/llama3.2-1b-8da4w-xnnpack --reference ~/Llama3.2-1B-Instruct --json > parity.json
     """
     _quiet_libraries()
@@ -288,7 +288,7 @@ def verify(bundle, as_json):
 
     \b
     Example:
-      llama-mobile verify out/smollm2-135m-instruct-8da4w-xnnpack
+      llama-mobile verify out/smollm2-135m-instruct-8da4w-mixed-xnnpack
     """
     from llama_mobile.manifest import verify_bundle
 
@@ -384,8 +384,8 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
 
     \b
     Examples:
-      llama-mobile bench out/smollm2-135m-instruct-8da4w-xnnpack
-      llama-mobile bench out/smollm2-135m-instruct-8da4w-xnnpack --vs-llama-cpp --json
+      llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack
+      llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --json
     Run it on an idle machine: llama.cpp's threads collapse when another process shares a core.
     """
     _quiet_libraries()
