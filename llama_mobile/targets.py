@@ -33,6 +33,31 @@ TARGETS: dict[str, Target] = {
             linear_schemes=("fp32", "8da4w", "8da8w", "8w"),
             embedding_schemes=("fp32", "8w", "4w"),
         ),
+        # Core ML (Apple Neural Engine / GPU / CPU). Weights are read weight-only (no dynamic activation
+        # quantization); the graph computes in fp16. Int4 block-wise weights and the KV cache as Core ML
+        # state need iOS 18. Compute units are a load-time preference: all (Core ML picks), or pinned.
+        Target(
+            name="coreml-ios17",
+            backend="coreml",
+            summary="Core ML for iOS 17 / macOS 14: fp16, int8 per-channel weights; KV cache passed in and out",
+            linear_schemes=("fp32", "8w"),
+            embedding_schemes=("fp32", "8w"),
+            min_os="iOS 17",
+            options=(("deployment_target", "iOS17"), ("compute_units", "all"), ("state", False),
+                     ("dtypes", ("fp16",))),
+        ),
+        *(Target(
+            name=f"coreml-ios18{suffix}",
+            backend="coreml",
+            summary=f"Core ML for iOS 18 / macOS 15: stateful KV cache, fused SDPA, int4 block-wise; {units_text}",
+            linear_schemes=("fp32", "8w", "4w"),
+            embedding_schemes=("fp32", "8w", "4w"),
+            min_os="iOS 18",
+            options=(("deployment_target", "iOS18"), ("compute_units", units), ("state", True),
+                     ("dtypes", ("fp16",))),
+        ) for suffix, units, units_text in (("", "all", "all compute units"),
+                                            ("-cpu-ne", "cpu_and_ne", "CPU + Neural Engine only"),
+                                            ("-cpu-gpu", "cpu_and_gpu", "CPU + GPU only"))),
     )
 }
 DEFAULT_TARGET = "xnnpack"
