@@ -33,6 +33,30 @@ TARGETS: dict[str, Target] = {
             linear_schemes=("fp32", "8da4w", "8da8w", "8w"),
             embedding_schemes=("fp32", "8w", "4w"),
         ),
+        # NPU targets: the backend's own PT2E quantizer quantizes the whole graph (recipes with a [pt2e]
+        # section), so torchao leaves every layer float. The SoC ("chip") comes from --device.
+        Target(
+            name="qnn-htp",
+            backend="qnn",
+            summary="Qualcomm Hexagon NPU through QNN (needs the QNN SDK; SoC from --device)",
+            linear_schemes=("fp32",),
+            embedding_schemes=("fp32",),
+        ),
+        Target(
+            name="neuropilot",
+            backend="neuropilot",
+            summary="MediaTek APU through NeuroPilot (needs the NeuroPilot SDK; platform from --device)",
+            linear_schemes=("fp32",),
+            embedding_schemes=("fp32",),
+        ),
+        Target(
+            name="vulkan",
+            backend="vulkan",
+            summary="experimental: Adreno/Mali GPUs through Vulkan, fp32 only; this host cannot run it",
+            linear_schemes=("fp32",),
+            embedding_schemes=("fp32",),
+            experimental=True,
+        ),
         # Core ML (Apple Neural Engine / GPU / CPU). Weights are read weight-only (no dynamic activation
         # quantization); the graph computes in fp16. Int4 block-wise weights and the KV cache as Core ML
         # state need iOS 18. Compute units are a load-time preference: all (Core ML picks), or pinned.
