@@ -110,9 +110,11 @@ class _PresetOrFolder(click.Choice):
 @click.option("--task", type=click.Choice(["chat", "guard"]), default=None,
               help="what the model does (default: the preset's; 'guard' for a Llama Guard derivative)")
 @click.option("--skip-memory-check", is_flag=True, help="export even if the memory preflight says it will not fit")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["mlpackage"]),
+              help="also write the Core ML model as a standalone model.mlpackage (Core ML targets)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 def export(model, checkpoint, recipe, target, device, output_dir, context, name, no_validate, task,
-           skip_memory_check, as_json):
+           skip_memory_check, formats, as_json):
     """Load, quantize and lower a model, and write a verified bundle.
 
     \b
@@ -121,6 +123,7 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
       llama-mobile export --model llama3.2-1b --checkpoint ~/Llama3.2-1B-Instruct --recipe 8da4w -o out/
       llama-mobile export --model llama3.2-1b --checkpoint ~/hf/Llama-3.2-1B-Instruct --recipe fp32
       llama-mobile export --model llama3.2-3b --checkpoint CKPT --device snapdragon-7-gen-3
+      llama-mobile export --model llama3.2-1b --checkpoint CKPT --target coreml-ios18 --recipe coreml-int4 --format mlpackage
     """
     _quiet_libraries()
     from llama_mobile.pipeline import STAGES, ExportRequest, run_export
@@ -142,7 +145,7 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
                             target=target or (chosen.target if chosen else DEFAULT_TARGET),
                             output_dir=output_dir, context=context or (chosen.context if chosen else None),
                             validate=not no_validate, name=name, task=task, device=device,
-                            memory_check=not skip_memory_check)
+                            memory_check=not skip_memory_check, formats=tuple(formats))
     result = run_export(request, Progress(STAGES, emit=_say))
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle), "size_bytes": result.size_bytes,
@@ -378,14 +381,17 @@ def _conversation(item, path, number) -> list[dict]:
               help="also run llama.cpp on the same weights requantized by llama.cpp (Q4_0 next to 8da4w)")
 @click.option("--gguf", type=click.Path(path_type=Path, exists=True), default=None,
               help="the llama.cpp file to compare with (implies --vs-llama-cpp)")
+@click.option("--quality", is_flag=True,
+              help="with --vs-llama-cpp: also top-1 / KL / perplexity ratio of both against the FP32 source")
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, as_json):
+def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, quality, as_json):
     """Prefill and decode tokens/s, time to first token, peak RSS and size, each run in a fresh process.
 
     \b
     Examples:
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --json
+      llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --quality
     Run it on an idle machine: llama.cpp's threads collapse when another process shares a core.
     """
     _quiet_libraries()
@@ -404,7 +410,7 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
 
         gguf = peer_for_bundle(verify_bundle(bundle), Path(tempfile.mkdtemp(prefix="llama-mobile-peer-")))
     request = BenchRequest(bundle=bundle, prompt_lengths=lengths, new_tokens=new_tokens, runs=runs,
-                           warmup=warmup, threads=threads, llama_cpp_gguf=gguf)
+                           warmup=warmup, threads=threads, llama_cpp_gguf=gguf, quality=quality)
     report = run_bench(request, Progress(STAGES, emit=_say))
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -425,6 +431,12 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
                        + "".join(f"{c:>22s}" for c in cells) + (f"   {ratio:8.2f}x" if ratio else ""))
     sizes = "  ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in report["size_bytes"].items())
     click.echo(f"size: {sizes}")
+    if "quality" in report:
+        q = report["quality"]
+        click.echo(f"quality vs {q['reference']} over {q['positions']} tokens (top-1 / KL / ppl ratio):")
+        for side in ("executorch", "llama.cpp"):
+            m = q[side]
+            click.echo(f"  {side:>10s}  {m['top1_agreement']:.3f} / {m['kl_mean']:.3f} / {m['ppl_ratio']:.3f}")
 
 
 @main.command()

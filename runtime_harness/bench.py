@@ -16,7 +16,7 @@ from pathlib import Path
 from llama_mobile.errors import ResourceError, RuntimeFailure
 from llama_mobile.progress import Progress
 
-STAGES = ("prepare", "executorch", "llama.cpp")
+STAGES = ("prepare", "executorch", "llama.cpp", "quality")
 FIGURES = ("ttft_ms", "prefill_tps", "decode_tps", "peak_rss_bytes", "model_rss_bytes")
 HIGHER_IS_BETTER = {"prefill_tps", "decode_tps"}
 
@@ -30,6 +30,7 @@ class BenchRequest:
     warmup: int = 1
     threads: int = 2
     llama_cpp_gguf: Path | None = None
+    quality: bool = False  # also score both sides against the FP32 reference (needs the source checkpoint)
 
 
 def model_bytes(manifest: dict) -> int:
@@ -112,4 +113,9 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
             report["size_bytes"]["llama.cpp"] = request.llama_cpp_gguf.stat().st_size
             report["ratios"] = ratios(report["executorch"], report["llama.cpp"])
             report["ratios_size"] = report["size_bytes"]["executorch"] / report["size_bytes"]["llama.cpp"]
+        if request.quality:
+            with progress.stage("quality", "both sides against the FP32 reference"):
+                from runtime_harness.peer_quality import quality_against_peer
+
+                report["quality"] = quality_against_peer(request.bundle, manifest, request.llama_cpp_gguf)
     return report

@@ -15,3 +15,33 @@ def llama_cpp_logits(gguf: Path, token_ids: list[int], threads: int = 2) -> torc
                 n_batch=len(token_ids), logits_all=True, verbose=False)
     llm.eval(token_ids)
     return torch.from_numpy(np.array(llm.scores[: len(token_ids)], dtype=np.float32))
+
+
+def quality_against_peer(bundle: Path, manifest: dict, gguf: Path, positions: int = 256) -> dict:
+    """Top-1, KL and perplexity ratio of the bundle and of the llama.cpp file, against the same FP32
+    eager reference (the bundle's source checkpoint) on the same tokens of the shipped text."""
+    from export.checkpoint import load_checkpoint
+    from export.model import build_model, load_custom_ops
+    from llama_mobile.tokenizer import Tokenizer
+    from runtime_harness.metrics import compare_logits
+    from runtime_harness.parity import eval_token_ids, reference_logits
+    from runtime_harness.program import Program
+
+    from llama_mobile.presets import GENERIC_MODEL, MODEL_PRESETS
+
+    source = Path(manifest["model"]["source"]["files"][0]["path"])
+    checkpoint = source if source.suffix == ".gguf" else source.parent  # Meta and HF checkpoints are folders
+    preset = manifest["model"]["preset"]
+    loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, checkpoint)
+    load_custom_ops()
+    tokenizer = Tokenizer(bundle / manifest["tokenizer"]["file"])
+    context = manifest["runtime"]["context_length"]
+    token_ids = eval_token_ids(tokenizer, min(positions, context), bos_id=manifest["special_tokens"]["bos_id"])
+    reference = reference_logits(build_model(loaded.architecture, context, loaded.state_dict), token_ids)
+    ours = compare_logits(reference, Program(bundle / manifest["runtime"]["program"]).logits_per_position(token_ids),
+                          token_ids)
+    peer = compare_logits(reference, llama_cpp_logits(gguf, token_ids), token_ids)
+    keys = ("top1_agreement", "kl_mean", "ppl_ratio", "cosine_mean")
+    return {"positions": len(token_ids), "reference": "fp32 eager",
+            "executorch": {k: ours.to_dict()[k] for k in keys},
+            "llama.cpp": {k: peer.to_dict()[k] for k in keys}}
