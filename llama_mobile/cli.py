@@ -141,7 +141,8 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
 
         chosen = get_device(device)
     request = ExportRequest(model=model, checkpoint=checkpoint,
-                            recipe=recipe or (chosen.recipe if chosen else DEFAULT_RECIPE),
+                            recipe=recipe or (target and TARGETS[target].option("recipe"))
+                            or (chosen.recipe if chosen else DEFAULT_RECIPE),
                             target=target or (chosen.target if chosen else DEFAULT_TARGET),
                             output_dir=output_dir, context=context or (chosen.context if chosen else None),
                             validate=not no_validate, name=name, task=task, device=device,
@@ -576,11 +577,17 @@ def targets(as_json):
     Example:
       llama-mobile targets
     """
+    from export.backends import sdk_problem
+
+    problems = {name: sdk_problem(target) for name, target in TARGETS.items()}
     if as_json:
-        click.echo(json.dumps({n: t.__dict__ for n, t in TARGETS.items()}, indent=2))
+        click.echo(json.dumps({n: {**t.__dict__, "sdk_available": problems[n] is None, "sdk_problem": problems[n]}
+                               for n, t in TARGETS.items()}, indent=2))
         return
     for name, target in TARGETS.items():
-        click.echo(f"{name:22s} {target.summary}")
+        flags = "".join(f" [{flag}]" for flag in ("experimental" if target.experimental else "",
+                                                  "SDK missing" if problems[name] else "") if flag)
+        click.echo(f"{name:22s} {target.summary}{flags}")
 
 
 from llama_mobile.cli_prune import prune  # noqa: E402

@@ -23,6 +23,8 @@ class Npu:
     name: str
     backend: str | None  # the ExecuTorch backend that targets it: "qnn", "neuropilot", "coreml" or None
     note: str = ""
+    chip: str | None = None  # the SoC name that backend compiles for (QcomChipset / MediaTek platform)
+    target: str | None = None  # the llama-mobile target that lowers to it (`llama-mobile targets`)
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,17 @@ class Device:
 
 NO_CORES = Cores(0, "")
 
-XNNPACK_ONLY = "xnnpack: the only target this tool lowers to today"
-XNNPACK_APPLE = ("xnnpack: the only target this tool lowers to today; Core ML (Neural Engine) is the "
-                 "better target for Apple chips once it lands")
+XNNPACK_DEFAULT = ("xnnpack: runs on every Arm core without a vendor SDK, and Meta's published Llama 3.2 "
+                   "phone numbers are XNNPACK + KleidiAI")
+XNNPACK_APPLE = XNNPACK_DEFAULT + "; Core ML (coreml-* targets) reaches the Neural Engine"
+
+
+def _target_reason(npu: Npu | None) -> str:
+    if npu is not None and npu.target:
+        return (f"{XNNPACK_DEFAULT}; NPU option: --target {npu.target} ({npu.chip}), which needs the "
+                f"vendor SDK at export time and a PT2E recipe")
+    why = npu.note if npu is not None and npu.note else "no NPU ExecuTorch targets"
+    return f"{XNNPACK_DEFAULT}; NPU option: none ({why})"
 INT4_I8MM = ("8da4w g32: int8 dynamic activations x int4 weights in groups of 32 run on KleidiAI's i8mm "
              "kernels in XNNPACK (qd8-f32-qb4w); decode is bandwidth bound and int4 reads ~7x fewer "
              "bytes than fp32")
@@ -84,12 +94,20 @@ def _android(name: str, vendor: str, summary: str, big: Cores, mid: Cores, littl
     return Device(name=name, vendor=vendor, summary=summary, big=big, mid=mid, little=little, isa=isa,
                   ram_gb=ram_gb, memory=memory, bandwidth_gbs=bandwidth_gbs, bandwidth_note=bandwidth_note,
                   npu=npu, target="xnnpack", recipe=recipe, threads=big.count + mid.count, context=context,
-                  target_reason=XNNPACK_ONLY, recipe_reason=recipe_reason, threads_reason=THREADS,
+                  target_reason=_target_reason(npu), recipe_reason=recipe_reason, threads_reason=THREADS,
                   context_reason=context_reason)
 
 
 HEXAGON_NOTE = "ExecuTorch's QNN backend lists {soc}"
 APU_NOTE = "ExecuTorch's MediaTek backend lists {soc}"
+
+
+def _hexagon(soc: str) -> Npu:
+    return Npu("Hexagon NPU", "qnn", HEXAGON_NOTE.format(soc=soc), chip=soc, target="qnn-htp")
+
+
+def _apu(name: str, platform: str) -> Npu:
+    return Npu(name, "neuropilot", APU_NOTE.format(soc=platform), chip=platform, target="neuropilot")
 # Qualcomm firmware does not expose SVE to apps on 8 Gen 3 (llama.cpp #10906 had to switch it off
 # there); Oryon has no SVE. The Arm cores of other vendors are recorded with SVE2 as designed.
 DEVICES: dict[str, Device] = {
@@ -100,14 +118,14 @@ DEVICES: dict[str, Device] = {
             Cores(1, "Cortex-X4"), Cores(5, "Cortex-A720"), Cores(2, "Cortex-A520"),
             ("dotprod", "i8mm"), 12, "LPDDR5X-9600 (4800 MHz), 64-bit", 76.8,
             "Qualcomm: LPDDR5X up to 4800 MHz",
-            Npu("Hexagon NPU", "qnn", HEXAGON_NOTE.format(soc="SM8650")),
+            _hexagon("SM8650"),
         ),
         _android(
             "snapdragon-8-elite", "Qualcomm", "Snapdragon 8 Elite (SM8750): Galaxy S25, OnePlus 13",
             Cores(2, "Oryon (prime)"), Cores(6, "Oryon (performance)"), NO_CORES,
             ("dotprod", "i8mm"), 12, "LPDDR5X-10600 (5300 MHz), 64-bit", 84.8,
             "Qualcomm: LPDDR5X up to 5300 MHz",
-            Npu("Hexagon NPU", "qnn", HEXAGON_NOTE.format(soc="SM8750")),
+            _hexagon("SM8750"),
         ),
         _android(
             "snapdragon-7-gen-3", "Qualcomm", "Snapdragon 7 Gen 3 (SM7550): upper mid-range phones",
@@ -121,14 +139,14 @@ DEVICES: dict[str, Device] = {
             Cores(4, "Cortex-X4"), Cores(4, "Cortex-A720"), NO_CORES,
             ("dotprod", "i8mm", "sve2"), 12, "LPDDR5T-9600, 64-bit", 76.8,
             "MediaTek: LPDDR5T 9600 Mbps",
-            Npu("APU 790", "neuropilot", APU_NOTE.format(soc="mt6989")),
+            _apu("APU 790", "mt6989"),
         ),
         _android(
             "dimensity-9400", "MediaTek", "Dimensity 9400 (MT6991): vivo X200, OPPO Find X8",
             Cores(4, "Cortex-X925 (1) + Cortex-X4 (3)"), Cores(4, "Cortex-A720"), NO_CORES,
             ("dotprod", "i8mm", "sve2"), 12, "LPDDR5X-10667, 64-bit", 85.3,
             "MediaTek: LPDDR5X 10.7 Gbps",
-            Npu("NPU 890", "neuropilot", APU_NOTE.format(soc="mt6991")),
+            _apu("NPU 890", "mt6991"),
         ),
         _android(
             "dimensity-8300", "MediaTek", "Dimensity 8300 (MT6897): POCO X6 Pro, Redmi K70E",

@@ -57,9 +57,16 @@ def check_request(request: ExportRequest):
         raise UsageError("--model llama needs --checkpoint", fix="pass --checkpoint PATH")
     recipe = load_recipe(request.recipe)
     target = get_target(request.target)
+    from export.backends import NPU_BACKENDS, bind_device
+
+    target = bind_device(target, request.device)  # an NPU target takes its SoC from the device preset
     if target.backend not in recipe.targets:
         raise UsageError(f"recipe {recipe.name!r} is for {', '.join(recipe.targets)}, not {target.backend}",
                          fix="pick a recipe listed for this target (`llama-mobile recipes`)")
+    if target.backend in NPU_BACKENDS and recipe.pt2e is None:
+        raise UsageError(f"target {target.name} runs graphs quantized by its own quantizer; recipe "
+                         f"{recipe.name!r} has no [pt2e] section", fix="use a [pt2e] recipe such as "
+                         f"{target.backend}-16a4w (`llama-mobile recipes`)")
     unsupported = sorted({q.scheme for q in (recipe.linear, recipe.output, *(o.quant for o in recipe.overrides))}
                          - set(target.linear_schemes))
     if recipe.embedding.scheme not in target.embedding_schemes:
@@ -149,7 +156,14 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         token_ids = eval_token_ids(tokenizer, min(request.positions, context), bos_id=loaded.specials.bos_id)
         reference = reference_logits(model, token_ids) if request.validate else None
     with progress.stage("quantize", recipe.name):
-        torchao_configs = quantize_model(model, recipe, tied=arch.tied_embeddings)
+        pt2e_record = {}
+        if recipe.pt2e is not None:  # the backend's quantizer, calibrated on the evaluation tokens
+            from quantize.pt2e import quantize_for_target
+
+            model, pt2e_record, torchao_configs = *quantize_for_target(model, recipe, target, token_ids,
+                                                                       min(context, 256)), {}
+        else:
+            torchao_configs = quantize_model(model, recipe, tied=arch.tied_embeddings)
     max_seq_len = min(context, 256)
     metadata = runner_metadata(bos_id=loaded.specials.bos_id, eos_ids=loaded.specials.eos_ids,
                                context_len=context, max_seq_len=max_seq_len, vocab_size=arch.vocab_size,
@@ -177,7 +191,8 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
                       "source": {"format": loaded.source_format,
                                  "files": [dataclasses.asdict(s) for s in loaded.sources]},
                       "history": loaded.history},
-            "recipe": {**recipe.to_dict(), "torchao_configs": torchao_configs},
+            "recipe": {**recipe.to_dict(), "torchao_configs": torchao_configs,
+                       **({"pt2e_quantizer": pt2e_record} if pt2e_record else {})},
             "target": {"name": target.name, "backend": target.backend, "min_os": target.min_os},
             "runtime": {"program": PROGRAM_NAME, "weights": WEIGHTS_NAME if lowered.weights else None,
                         "context_length": context, "max_seq_len": max_seq_len,

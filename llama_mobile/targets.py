@@ -41,6 +41,7 @@ TARGETS: dict[str, Target] = {
             summary="Qualcomm Hexagon NPU through QNN (needs the QNN SDK; SoC from --device)",
             linear_schemes=("fp32",),
             embedding_schemes=("fp32",),
+            options=(("recipe", "qnn-16a4w"),),  # the default when --recipe is not given
         ),
         Target(
             name="neuropilot",
@@ -48,13 +49,14 @@ TARGETS: dict[str, Target] = {
             summary="MediaTek APU through NeuroPilot (needs the NeuroPilot SDK; platform from --device)",
             linear_schemes=("fp32",),
             embedding_schemes=("fp32",),
+            options=(("recipe", "neuropilot-16a4w"),),  # the default when --recipe is not given
         ),
         Target(
             name="vulkan",
             backend="vulkan",
-            summary="experimental: Adreno/Mali GPUs through Vulkan, fp32 only; this host cannot run it",
-            linear_schemes=("fp32",),
-            embedding_schemes=("fp32",),
+            summary="experimental: Adreno/Mali GPUs through Vulkan; lowers whole, but this host cannot run it",
+            linear_schemes=("fp32", "8da4w", "8w"),
+            embedding_schemes=("fp32", "8w"),
             experimental=True,
         ),
         # Core ML (Apple Neural Engine / GPU / CPU). Weights are read weight-only (no dynamic activation

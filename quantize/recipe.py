@@ -19,6 +19,10 @@ RECIPE_DIR = Path(__file__).parent / "recipes"
 LINEAR_SCHEMES = ("fp32", "bf16", "8da4w", "8da8w", "4w", "8w")
 EMBEDDING_SCHEMES = ("fp32", "bf16", "8w", "4w")
 ALGORITHMS = ("affine", "hqq")
+# Whole-graph PT2E quantization by an NPU backend's own quantizer: static activations calibrated on
+# sample tokens, weights per output channel (or, QNN only, in blocks along the input: LPBQ).
+PT2E_QUANTIZERS = ("qnn", "neuropilot")
+PT2E_SCHEMES = ("16a4w", "16a8w", "8a8w")
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -40,6 +44,21 @@ class LayerQuant:
     @property
     def dynamic_activations(self) -> bool:
         return self.scheme.startswith("8da")
+
+
+@dataclass(frozen=True)
+class Pt2eQuant:
+    quantizer: str  # the backend whose quantizer annotates the graph: "qnn" or "neuropilot"
+    scheme: str  # activation bits "a" weight bits "w", e.g. "16a4w"
+    block_size: int = 0  # 0: one scale per output channel; n: QNN's LPBQ, blocks of n input columns
+
+    @property
+    def activation_bits(self) -> int:
+        return int(self.scheme.split("a")[0])
+
+    @property
+    def weight_bits(self) -> int:
+        return int(self.scheme.split("a")[1].rstrip("w"))
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,7 @@ class Recipe:
     targets: tuple[str, ...] = ("xnnpack",)
     thresholds: Thresholds = field(default_factory=Thresholds)
     version: int = RECIPE_SCHEMA_VERSION
+    pt2e: Pt2eQuant | None = None  # set: the backend's PT2E quantizer does all quantization, not torchao
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,7 +116,8 @@ class Recipe:
 
 
 _TOP_KEYS = {"name", "summary", "version", "dtype", "targets", "linear", "embedding", "output",
-             "overrides", "thresholds"}
+             "overrides", "thresholds", "pt2e"}
+_PT2E_KEYS = {"quantizer", "scheme", "block_size"}
 _LAYER_KEYS = {"scheme", "group_size", "symmetric", "algorithm"}
 
 
@@ -126,6 +147,36 @@ def _layer(section: object, where: str, schemes: tuple[str, ...], problems: list
         problems.append(f"[{where}] algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     return LayerQuant(scheme=scheme, group_size=group if isinstance(group, int) else 0,
                       symmetric=bool(symmetric), algorithm=algorithm)
+
+
+def _pt2e(section: object, data: dict, targets: list, problems: list[str]) -> Pt2eQuant | None:
+    """A [pt2e] recipe quantizes the whole graph in the backend's quantizer; torchao sections would
+    quantize the same layers a second time, so they must stay float."""
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        problems.append("[pt2e] must be a table")
+        return None
+    for key in sorted(set(section) - _PT2E_KEYS):
+        problems.append(f"[pt2e] unknown key {key!r}")
+    quantizer, scheme, block = section.get("quantizer"), section.get("scheme"), section.get("block_size", 0)
+    if quantizer not in PT2E_QUANTIZERS:
+        problems.append(f"[pt2e] quantizer {quantizer!r} is not one of {', '.join(PT2E_QUANTIZERS)}")
+    elif targets != [quantizer]:
+        problems.append(f"[pt2e] quantizer {quantizer!r} needs targets = [{quantizer!r}]")
+    if scheme not in PT2E_SCHEMES:
+        problems.append(f"[pt2e] scheme {scheme!r} is not one of {', '.join(PT2E_SCHEMES)}")
+    if not isinstance(block, int) or isinstance(block, bool) or block < 0 or (block and block & (block - 1)):
+        problems.append(f"[pt2e] block_size must be 0 or a power of two, got {block!r}")
+        block = 0
+    elif block and (quantizer != "qnn" or scheme != "16a4w"):
+        problems.append("[pt2e] block_size is QNN's LPBQ: only quantizer 'qnn' with scheme '16a4w'")
+    for key in ("linear", "embedding", "output"):
+        if isinstance(data.get(key), dict) and data[key].get("scheme", "fp32") != "fp32":
+            problems.append(f"[{key}] must stay fp32 in a [pt2e] recipe (the {quantizer} quantizer covers it)")
+    if data.get("overrides"):
+        problems.append("[[overrides]] are not supported in a [pt2e] recipe")
+    return Pt2eQuant(quantizer=str(quantizer), scheme=str(scheme), block_size=block)
 
 
 def parse_recipe(data: dict, source: str) -> Recipe:
@@ -164,6 +215,7 @@ def parse_recipe(data: dict, source: str) -> Recipe:
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets) or not targets:
         problems.append("targets must be a non-empty list of target backends")
         targets = ["xnnpack"]
+    pt2e = _pt2e(data.get("pt2e"), data, targets, problems)
     thresholds = Thresholds()
     raw_thresholds = data.get("thresholds", {})
     if isinstance(raw_thresholds, dict):
@@ -182,7 +234,7 @@ def parse_recipe(data: dict, source: str) -> Recipe:
         raise ConfigError(problems, path=source, fix="correct the recipe (see `llama-mobile recipes show fp32`)")
     return Recipe(name=name, summary=str(data.get("summary", "")), dtype=dtype, linear=linear,
                   embedding=embedding, output=output, overrides=tuple(overrides),
-                  targets=tuple(targets), thresholds=thresholds, version=version)
+                  targets=tuple(targets), thresholds=thresholds, version=version, pt2e=pt2e)
 
 
 def read_recipe_file(path: Path) -> Recipe:
@@ -218,6 +270,9 @@ def check_recipe_fits(recipe: Recipe, linear_in_features: dict[str, int], embedd
         if not quant.is_float and quant.group_size and in_features % quant.group_size:
             problems.append(f"group_size {quant.group_size} does not divide {module_name} "
                             f"(in_features {in_features})")
+    block = recipe.pt2e.block_size if recipe.pt2e else 0
+    problems += [f"[pt2e] block_size {block} does not divide {name} (in_features {width})"
+                 for name, width in linear_in_features.items() if block and width % block]
     emb = recipe.embedding
     if not emb.is_float and emb.group_size and embedding_dim % emb.group_size:
         problems.append(f"embedding group_size {emb.group_size} does not divide dim {embedding_dim}")

@@ -1,0 +1,25 @@
+"""Vulkan (Adreno / Mali / Immortalis GPUs) through ExecuTorch's Vulkan partitioner. Experimental.
+
+ExecuTorch's Vulkan backend carries its own kernels for the llama custom ops (sdpa_with_kv_cache,
+update_cache), so the model keeps them: with them the whole graph is one delegate, while the plain-SDPA
+variant fails in the partitioner's passes.
+"""
+from __future__ import annotations
+
+from llama_mobile.targets import Target
+
+MODEL_OPTIONS: dict = {}
+
+
+def sdk_problem() -> str | None:
+    return None  # the Vulkan delegate's compiler ships in the executorch wheel
+
+
+def check_environment(target: Target) -> None:
+    """Nothing to check on the host; running the program needs a device with a Vulkan 1.1 GPU."""
+
+
+def partitioners(target: Target) -> list:
+    from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+
+    return [VulkanPartitioner()]
