@@ -54,7 +54,9 @@ def write_json(path: Path, data: dict) -> None:
 
 def write_manifest(staging: Path, fields: dict) -> dict:
     """Hash every file already in the staging folder, then write the manifest last."""
-    files = {p.name: file_entry(p) for p in sorted(staging.iterdir()) if p.name != MANIFEST_NAME}
+    # Folders (a Core ML model.mlpackage) are listed file by file, by their path inside the bundle.
+    files = {p.relative_to(staging).as_posix(): file_entry(p) for p in sorted(staging.rglob("*"))
+             if p.is_file() and p != staging / MANIFEST_NAME}
     manifest = {
         "format": BUNDLE_FORMAT,
         "schema_version": SCHEMA_VERSION,

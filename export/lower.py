@@ -20,6 +20,7 @@ class LoweredProgram:
     metadata: dict
     delegated_calls: int
     portable_ops: dict[str, int]
+    delegated_ops: int = 0  # edge ops inside the delegates (their share of the whole program)
     seconds: dict[str, float] = field(default_factory=dict)
     # With external weights: the .ptd holding every constant, each distinct tensor once.
     weights: bytes | None = None
@@ -84,10 +85,13 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
     from torch.export import Dim, export
 
     seconds: dict[str, float] = {}
-    tokens = torch.zeros((1, 2), dtype=torch.long)
     input_pos = torch.tensor([0], dtype=torch.long)
-    # The prompt length varies at run time: the runner prefills up to max_seq_len tokens per call.
-    dynamic = ({1: Dim("seq", min=1, max=max_seq_len)}, None)
+    if metadata.get("enable_dynamic_shape", True):
+        # The prompt length varies at run time: the runner prefills up to max_seq_len tokens per call.
+        tokens = torch.zeros((1, 2), dtype=torch.long)
+        dynamic = ({1: Dim("seq", min=1, max=max_seq_len)}, None)
+    else:  # one token per call; the runner prefills token by token
+        tokens, dynamic = torch.zeros((1, 1), dtype=torch.long), None
     started = time.perf_counter()
     try:
         with torch.no_grad():
@@ -124,9 +128,11 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"lowering to {target.name} failed: {first}",
                           fix="report this with the command line; try --recipe fp32 to isolate it") from exc
-    delegated, portable = _count_ops(edge.exported_program().graph_module)
+    graph_module = edge.exported_program().graph_module
+    delegated, portable = _count_ops(graph_module)
     return LoweredProgram(pte=program.buffer, target=target.name, metadata=metadata,
-                          delegated_calls=delegated, portable_ops=portable, seconds=seconds, weights=weights)
+                          delegated_calls=delegated, portable_ops=portable, seconds=seconds, weights=weights,
+                          delegated_ops=_count_delegated_ops(graph_module))
 
 
 def _count_ops(graph_module) -> tuple[int, dict[str, int]]:
@@ -140,3 +146,12 @@ def _count_ops(graph_module) -> tuple[int, dict[str, int]]:
         elif name not in ("getitem",):
             portable[name] = portable.get(name, 0) + 1
     return delegated, portable
+
+
+def _count_delegated_ops(graph_module) -> int:
+    """Ops the delegates took over, counted in the edge programs they were lowered from."""
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    return sum(1 for module in graph_module.children() if isinstance(module, LoweredBackendModule)
+               for node in module.original_module.graph.nodes if node.op == "call_function"
+               and getattr(node.target, "__name__", "") != "getitem")

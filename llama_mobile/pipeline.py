@@ -31,6 +31,7 @@ class ExportRequest:
     task: str | None = None  # "guard" marks a generic Llama checkpoint as a Llama Guard classifier
     device: str | None = None  # a device preset: its RAM decides whether the context fits
     memory_check: bool = True
+    formats: tuple[str, ...] = ()  # extra artifacts: "mlpackage" (Core ML targets) writes model.mlpackage
 
 
 @dataclass
@@ -73,7 +74,15 @@ def check_request(request: ExportRequest):
         unsupported.append(f"embedding {recipe.embedding.scheme}")
     if unsupported:
         raise UsageError(f"target {target.name} cannot run {', '.join(unsupported)} as delegated kernels",
-                         fix=f"use schemes {', '.join(target.linear_schemes)} for {target.name}")
+                         fix=f"use schemes {', '.join(target.linear_schemes)} for {target.name}"
+                             + _other_targets_hint(recipe, target))
+    dtypes = target.option("dtypes", ("fp32",))
+    if recipe.dtype not in dtypes:
+        raise UsageError(f"target {target.name} computes in {'/'.join(dtypes)}, recipe {recipe.name!r} in "
+                         f"{recipe.dtype}", fix=f"use a recipe with dtype = {dtypes[0]!r} (`llama-mobile recipes`)")
+    if "mlpackage" in request.formats and target.backend != "coreml":
+        raise UsageError(f"--format mlpackage needs a Core ML target, not {target.name}",
+                         fix="add --target coreml-ios18 (`llama-mobile targets`)")
     if preset is not None:
         check_recipe_fits(recipe, linear_widths(preset.architecture), preset.architecture.dim)
     from export.backends import backend_module
@@ -81,6 +90,16 @@ def check_request(request: ExportRequest):
     backend_module(target).check_environment(target)  # a missing SDK stops here, before any weight is read
     check_writable(request.output_dir)
     return preset, recipe, target
+
+
+def _other_targets_hint(recipe, target) -> str:
+    """Name the targets of the same backend that can run the recipe (e.g. int4 on iOS 18, not 17)."""
+    from llama_mobile.targets import TARGETS
+
+    schemes = {q.scheme for q in (recipe.linear, recipe.output, *(o.quant for o in recipe.overrides))}
+    able = [t.name for t in TARGETS.values() if t.backend == target.backend and t is not target
+            and schemes <= set(t.linear_schemes) and recipe.embedding.scheme in t.embedding_schemes]
+    return f", or use --target {able[0]}" if able else ""
 
 
 def device_plan(request: ExportRequest, arch, recipe, context: int):
@@ -113,6 +132,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     from quantize.recipe import check_recipe_fits
     from llama_mobile.devices import get_device
     from runtime_harness.guard_prompt import guard_template_for_manifest as guard_template
+    from runtime_harness.coreml import coreml_gate_metrics, on_macos
     from runtime_harness.parity import eval_token_ids, gate, program_parity, reference_logits
     from llama_mobile.tokenizer import Tokenizer, check_vocab, tokenizer_kind
 
@@ -168,11 +188,16 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     metadata = runner_metadata(bos_id=loaded.specials.bos_id, eos_ids=loaded.specials.eos_ids,
                                context_len=context, max_seq_len=max_seq_len, vocab_size=arch.vocab_size,
                                n_layers=arch.n_layers)
+    backend = backend_module(target)
+    metadata.update(getattr(backend, "RUNNER_METADATA", {}))
+    # Off macOS a Core ML program cannot run: its gate scores the quantized eager model, kept for that.
+    simulate = request.validate and target.backend == "coreml" and not on_macos()
     with progress.stage("lower", target.name):
         # A tied embedding/output pair is stored once only through ExecuTorch's external weights file.
         external_weights = target.backend == "xnnpack" and arch.tied_embeddings
         lowered = lower(model, target, metadata, max_seq_len, external_weights=external_weights)
-        del model
+        if not simulate:
+            del model
         progress.note(f"{lowered.delegated_calls} delegated calls; outside delegates: "
                       + (", ".join(f"{k}x{v}" for k, v in sorted(lowered.portable_ops.items())) or "none"))
     name = request.name or bundle_name(loaded.preset, recipe.name, target.name)
@@ -180,12 +205,26 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     parity = None
     with progress.stage("bundle", str(final)), staged_directory(final) as staging:
         tokenizer_file = write_payload(staging, lowered.pte, loaded.tokenizer_path, lowered.weights)
+        coreml = None
+        if target.backend == "coreml":  # the embedded model's structure, checked on any host
+            from export.coreml_package import write_coreml_report
+
+            quantized = sum(not recipe.quant_for(name).is_float for name in linear_widths(arch))
+            coreml = write_coreml_report(staging, lowered, target, recipe, arch.n_layers, quantized)
+            progress.note(coreml["summary"])
         if request.validate:
-            metrics = program_parity(staging / PROGRAM_NAME, token_ids, reference)
+            if target.backend == "coreml":
+                metrics, method = coreml_gate_metrics(staging / coreml["mlpackage"], model if simulate else None,
+                                                      token_ids, reference, recipe.dtype, target)
+            else:
+                metrics, method = program_parity(staging / PROGRAM_NAME, token_ids, reference), None
             result = gate(metrics, dataclasses.asdict(recipe.thresholds))
-            parity = result.to_dict()
-            progress.note(result.summary())
+            parity = {**result.to_dict(), **({"method": method} if method else {})}
+            progress.note(result.summary() + (f" [{method}]" if method else ""))
             write_json(staging / PARITY_NAME, parity)
+        if coreml and "mlpackage" not in request.formats:  # extracted for the checks only
+            shutil.rmtree(staging / coreml["mlpackage"])
+            coreml["mlpackage"] = None
         manifest = write_manifest(staging, {
             "model": {"preset": loaded.preset, "task": loaded.task, "architecture": arch.to_dict(),
                       "source": {"format": loaded.source_format,
@@ -193,10 +232,13 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
                       "history": loaded.history},
             "recipe": {**recipe.to_dict(), "torchao_configs": torchao_configs,
                        **({"pt2e_quantizer": pt2e_record} if pt2e_record else {})},
-            "target": {"name": target.name, "backend": target.backend, "min_os": target.min_os},
+            "target": {"name": target.name, "backend": target.backend, "min_os": target.min_os,
+                       "options": dict(target.options)},
             "runtime": {"program": PROGRAM_NAME, "weights": WEIGHTS_NAME if lowered.weights else None,
                         "context_length": context, "max_seq_len": max_seq_len,
                         "metadata": metadata, "delegated_calls": lowered.delegated_calls,
+                        "tokens_per_call": {"min": 1, "max": max_seq_len if metadata["enable_dynamic_shape"] else 1},
+                        **({"coreml": coreml} if coreml else {}),
                         "ops_outside_delegates": lowered.portable_ops},
             "tokenizer": {"file": tokenizer_file.name, "kind": tokenizer_kind(tokenizer_file)},
             "special_tokens": {"bos_id": loaded.specials.bos_id, "eos_ids": list(loaded.specials.eos_ids),
