@@ -70,7 +70,7 @@ TARGETS: dict[str, Target] = {
             embedding_schemes=("fp32", "8w"),
             min_os="iOS 17",
             options=(("deployment_target", "iOS17"), ("compute_units", "all"), ("state", False),
-                     ("dtypes", ("fp16",))),
+                     ("dtypes", ("fp16",)), ("recipe", "coreml-8w")),
         ),
         *(Target(
             name=f"coreml-ios18{suffix}",
@@ -80,7 +80,7 @@ TARGETS: dict[str, Target] = {
             embedding_schemes=("fp32", "8w", "4w"),
             min_os="iOS 18",
             options=(("deployment_target", "iOS18"), ("compute_units", units), ("state", True),
-                     ("dtypes", ("fp16",))),
+                     ("dtypes", ("fp16",)), ("recipe", "coreml-int4")),
         ) for suffix, units, units_text in (("", "all", "all compute units"),
                                             ("-cpu-ne", "cpu_and_ne", "CPU + Neural Engine only"),
                                             ("-cpu-gpu", "cpu_and_gpu", "CPU + GPU only"))),
