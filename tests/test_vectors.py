@@ -71,6 +71,9 @@ def test_manifests(case):
         assert manifest["special_tokens"]["eos_ids"] == case["eos_ids"]
         assert manifest["tokenizer"]["file"] == case["tokenizer"] and case["tokenizer"] in manifest["files"]
         assert manifest["runtime"]["context_length"] == case["context_length"]
+        assert manifest["runtime"].get("weights") == case["weights"]
+        if case["weights"] is not None:
+            assert case["weights"] in manifest["files"]
         preset = MODEL_PRESETS[manifest["model"]["preset"]]
         assert manifest["prompt_template"]["prefix"] == preset.chat_template.prefix
         assert manifest["special_tokens"]["bos_id"] == preset.specials.bos_id
@@ -86,5 +89,18 @@ def test_bundle_vector_verifies_and_tampering_is_caught(tmp_path):
     assert verify_bundle(VECTORS / "bundle")["format"] == "llama-mobile-bundle"
     copy = shutil.copytree(VECTORS / "bundle", tmp_path / "bundle")
     (copy / "model.pte").write_bytes((copy / "model.pte").read_bytes().replace(b"real", b"fake"))
+    with pytest.raises(BundleError, match="SHA-256"):
+        verify_bundle(copy)
+
+
+def test_manifest_vectors_cover_external_weights():
+    assert {c["weights"] for c in cases("manifests/index.json") if c["valid"]} == {None, "model.ptd"}
+
+
+def test_bundle_with_external_weights_verifies_and_tampering_is_caught(tmp_path):
+    manifest = verify_bundle(VECTORS / "bundle_weights")
+    assert manifest["runtime"]["weights"] == "model.ptd" and "model.ptd" in manifest["files"]
+    copy = shutil.copytree(VECTORS / "bundle_weights", tmp_path / "bundle")
+    (copy / "model.ptd").write_bytes((copy / "model.ptd").read_bytes().upper())
     with pytest.raises(BundleError, match="SHA-256"):
         verify_bundle(copy)

@@ -2,6 +2,10 @@ import ExecuTorchLLM
 import Foundation
 import LlamaMobileCore
 
+struct EngineError: Error, CustomStringConvertible {
+    let description: String
+}
+
 /// One verified bundle in ExecuTorch's TextLLMRunner. Bundles live in the app's Documents/llama folder
 /// (copied there with Finder, see README.md). generate() blocks, so it runs on a background queue.
 @MainActor
@@ -20,6 +24,7 @@ final class Engine: ObservableObject {
         queue.async {
             do {
                 let verified = try VerifiedBundle.open(folder)  // refuses files that do not match the manifest
+                try Engine.checkLoadable(verified)
                 let runner = TextLLMRunner(modelPath: verified.programPath, tokenizerPath: verified.tokenizerPath,
                                            specialTokens: Engine.specialTokens(verified.manifest))
                 try runner.load()
@@ -62,6 +67,17 @@ final class Engine: ObservableObject {
     }
 
     func stop() { runner?.stop() }
+
+    /// ExecuTorch's iOS text runner (ExecuTorchLLMTextRunner, 1.x) takes a model path, a tokenizer path and
+    /// special tokens only: it has no data path, so it cannot load the external weights file (model.ptd)
+    /// of a bundle with runtime.weights. Refuse such a bundle here rather than fail inside load().
+    nonisolated static func checkLoadable(_ bundle: VerifiedBundle) throws {
+        if let weights = bundle.manifest.runtime.weights {
+            throw EngineError(description: "this bundle keeps its weights in \(weights) (runtime.weights), and "
+                + "ExecuTorch's iOS TextLLMRunner cannot load an external weights file; on iOS use a bundle "
+                + "without one (see README.md), or run this bundle in the Android app")
+        }
+    }
 
     /// The tokenizer's special tokens by name, so the prompt's written-out markers become single tokens.
     static func specialTokens(_ manifest: Manifest) -> [String] {

@@ -16,6 +16,8 @@ public struct VerifiedBundle {
 
     public var programPath: String { directory.appendingPathComponent(manifest.runtime.program).path }
     public var tokenizerPath: String { directory.appendingPathComponent(manifest.tokenizer.file).path }
+    /// ExecuTorch's external weights file (model.ptd), the runtime's data path; nil when the program holds them.
+    public var weightsPath: String? { manifest.runtime.weights.map { directory.appendingPathComponent($0).path } }
 
     /// Reads and checks everything; throws BundleError or ManifestError naming the first problem.
     public static func open(_ directory: URL) throws -> VerifiedBundle {
@@ -24,6 +26,13 @@ public struct VerifiedBundle {
             throw BundleError(description: "\(directory.path): manifest.json missing")
         }
         let manifest = try Manifest.parse(data)
+        // Before hashing: every file the runtime opens must be covered by a digest.
+        for needed in [manifest.runtime.program, manifest.tokenizer.file] where manifest.files[needed] == nil {
+            throw BundleError(description: "\(needed) is not listed in the manifest")
+        }
+        if let weights = manifest.runtime.weights, manifest.files[weights] == nil {
+            throw BundleError(description: "runtime.weights names \(weights), which the manifest's files do not list")
+        }
         for name in manifest.files.keys.sorted() {
             let entry = manifest.files[name]!
             if name.hasPrefix("/") || name.split(whereSeparator: { $0 == "/" || $0 == "\\" }).contains("..") {
@@ -41,9 +50,6 @@ public struct VerifiedBundle {
             guard try sha256Hex(url) == entry.sha256 else {
                 throw BundleError(description: "\(name) does not match its SHA-256 (modified or corrupt)")
             }
-        }
-        for needed in [manifest.runtime.program, manifest.tokenizer.file] where manifest.files[needed] == nil {
-            throw BundleError(description: "\(needed) is not listed in the manifest")
         }
         return VerifiedBundle(directory: directory, manifest: manifest)
     }

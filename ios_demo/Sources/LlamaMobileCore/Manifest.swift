@@ -21,9 +21,13 @@ public struct Manifest: Decodable {
     public struct Model: Decodable { public let preset: String; public let task: String }
     public struct Runtime: Decodable {
         public let program: String
+        /// ExecuTorch external weights file (model.ptd) beside the program; nil when absent or null.
+        public let weights: String?
         public let contextLength: Int
         public let maxSeqLen: Int
-        enum CodingKeys: String, CodingKey { case program, contextLength = "context_length", maxSeqLen = "max_seq_len" }
+        enum CodingKeys: String, CodingKey {
+            case program, weights, contextLength = "context_length", maxSeqLen = "max_seq_len"
+        }
     }
     public struct Tokenizer: Decodable { public let file: String; public let kind: String }
     public struct SpecialTokens: Decodable {

@@ -44,6 +44,7 @@ final class VectorTests: XCTestCase {
         let eos_ids: [Int]?
         let tokenizer: String?
         let context_length: Int?
+        let weights: String?
         let error: String?
     }
 
@@ -101,6 +102,7 @@ final class VectorTests: XCTestCase {
                 XCTAssertEqual(m.specialTokens.eosIds, c.eos_ids, c.file)
                 XCTAssertEqual(m.tokenizer.file, c.tokenizer, c.file)
                 XCTAssertEqual(m.runtime.contextLength, c.context_length, c.file)
+                XCTAssertEqual(m.runtime.weights, c.weights, c.file)
             } else {
                 XCTAssertThrowsError(try Manifest.parse(data), c.file) {
                     XCTAssertEqual(($0 as? ManifestError)?.kind, c.error, c.file)
@@ -118,6 +120,67 @@ final class VectorTests: XCTestCase {
         let program = copy.appendingPathComponent("model.pte")
         try Data("not a real ExecuTorch program; bytes for hashing TESTS\n".utf8).write(to: program)
         XCTAssertThrowsError(try VerifiedBundle.open(copy)) { XCTAssertTrue($0 is BundleError) }
+        XCTAssertNil(try VerifiedBundle.open(source).weightsPath)  // no runtime.weights: the program holds them
+    }
+
+    func testBundleWithExternalWeightsVerifies() throws {
+        let source = Self.vectors.appendingPathComponent("bundle_weights")
+        let bundle = try VerifiedBundle.open(source)
+        XCTAssertEqual(bundle.manifest.runtime.weights, "model.ptd")
+        XCTAssertEqual(bundle.weightsPath, source.appendingPathComponent("model.ptd").path)
+        XCTAssertNotNil(bundle.manifest.files["model.ptd"])
+    }
+
+    /// A fresh copy of the bundle_weights vector, damaged by `damage`; the error VerifiedBundle.open throws.
+    func openDamagedWeightsBundle(_ damage: (URL) throws -> Void) throws -> Error? {
+        let copy = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString)
+        try FileManager.default.copyItem(at: Self.vectors.appendingPathComponent("bundle_weights"), to: copy)
+        defer { try? FileManager.default.removeItem(at: copy) }
+        _ = try VerifiedBundle.open(copy)  // the intact copy passes
+        try damage(copy)
+        do {
+            _ = try VerifiedBundle.open(copy)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    func testCorruptMissingOrUnlistedWeightsAreRefused() throws {
+        // Same size, different bytes: only the SHA-256 can tell.
+        let corrupt = try XCTUnwrap(try openDamagedWeightsBundle { dir in
+            let url = dir.appendingPathComponent("model.ptd")
+            let text = try String(contentsOf: url, encoding: .utf8)
+            try Data(text.uppercased().utf8).write(to: url)
+        })
+        XCTAssertTrue("\(corrupt)".contains("model.ptd does not match its SHA-256"), "\(corrupt)")
+        let missing = try XCTUnwrap(try openDamagedWeightsBundle { dir in
+            try FileManager.default.removeItem(at: dir.appendingPathComponent("model.ptd"))
+        })
+        XCTAssertTrue("\(missing)".contains("model.ptd is missing"), "\(missing)")
+        // runtime.weights still names model.ptd, but files lists (and hashes) it under another name.
+        let unlisted = try XCTUnwrap(try openDamagedWeightsBundle { dir in
+            try FileManager.default.copyItem(at: dir.appendingPathComponent("model.ptd"),
+                                             to: dir.appendingPathComponent("copy.ptd"))
+            let url = dir.appendingPathComponent("manifest.json")
+            let text = try String(contentsOf: url, encoding: .utf8)
+            XCTAssertTrue(text.contains("\"model.ptd\": {"))
+            try Data(text.replacingOccurrences(of: "\"model.ptd\": {", with: "\"copy.ptd\": {").utf8).write(to: url)
+        })
+        XCTAssertTrue(unlisted is BundleError)
+        XCTAssertTrue("\(unlisted)".contains("runtime.weights names model.ptd"), "\(unlisted)")
+    }
+
+    func testWeightsMustBeAStringOrNull() throws {
+        let url = Self.vectors.appendingPathComponent("bundle_weights/manifest.json")
+        let text = try String(contentsOf: url, encoding: .utf8)
+        let asNull = text.replacingOccurrences(of: "\"weights\": \"model.ptd\"", with: "\"weights\": null")
+        XCTAssertNotEqual(asNull, text)
+        XCTAssertNil(try Manifest.parse(Data(asNull.utf8)).runtime.weights)
+        let asNumber = text.replacingOccurrences(of: "\"weights\": \"model.ptd\"", with: "\"weights\": 7")
+        XCTAssertThrowsError(try Manifest.parse(Data(asNumber.utf8))) {
+            XCTAssertEqual(($0 as? ManifestError)?.kind, "field")
+        }
     }
 
     func testTokenClock() {

@@ -13,7 +13,7 @@ import org.pytorch.executorch.extension.llm.LlmModule
  */
 class Engine(val bundle: Bundle) {
     private val worker = Executors.newSingleThreadExecutor()
-    private val module = LlmModule(bundle.programPath, bundle.tokenizerPath, 0.0f)  // greedy: Guard needs it
+    private val module = openModule(bundle)
     private val clock = TokenClock()
 
     interface Listener {
@@ -50,5 +50,25 @@ class Engine(val bundle: Bundle) {
         module.stop()
         worker.shutdown()
         module.resetNative()
+    }
+
+    private companion object {
+        const val TEMPERATURE = 0.0f  // greedy: Guard verdicts must be reproducible
+
+        /**
+         * A bundle with runtime.weights keeps its weights in model.ptd beside model.pte (ExecuTorch
+         * program-data separation); LlmModule loads it as its data path. The constructor
+         * LlmModule(String modulePath, String tokenizerPath, float temperature, String dataPath) exists from
+         * ExecuTorch 0.6 (pre-1.0 LlmModule.java) and is unchanged on main after 1.5.1. There it passes
+         * List.of(dataPath) on, which throws on null, so a bundle without weights takes the 3-argument one.
+         */
+        fun openModule(bundle: Bundle): LlmModule {
+            val weights = bundle.weightsPath
+            return if (weights != null) {
+                LlmModule(bundle.programPath, bundle.tokenizerPath, TEMPERATURE, weights)
+            } else {
+                LlmModule(bundle.programPath, bundle.tokenizerPath, TEMPERATURE)
+            }
+        }
     }
 }

@@ -10,6 +10,8 @@ class BundleException(message: String) : Exception(message)
 data class Bundle(val dir: File, val manifest: Manifest) {
     val programPath: String get() = File(dir, manifest.program).path
     val tokenizerPath: String get() = File(dir, manifest.tokenizerFile).path
+    /** ExecuTorch's external weights file (model.ptd), to pass as the data path; null when the program holds them. */
+    val weightsPath: String? get() = manifest.weights?.let { File(dir, it).path }
 
     companion object {
         const val MANIFEST_NAME = "manifest.json"
@@ -19,6 +21,14 @@ data class Bundle(val dir: File, val manifest: Manifest) {
             val manifestFile = File(dir, MANIFEST_NAME)
             if (!manifestFile.isFile) throw BundleException("${dir.path}: manifest.json missing")
             val manifest = Manifest.parse(manifestFile.readText(Charsets.UTF_8))
+            // Before hashing: every file the runtime opens must be covered by a digest.
+            for (needed in listOf(manifest.program, manifest.tokenizerFile)) {
+                if (!manifest.files.containsKey(needed)) throw BundleException("$needed is not listed in the manifest")
+            }
+            val weights = manifest.weights
+            if (weights != null && !manifest.files.containsKey(weights)) {
+                throw BundleException("runtime.weights names $weights, which the manifest's files do not list")
+            }
             for ((name, entry) in manifest.files) {
                 if (name.startsWith("/") || name.split('/', '\\').contains("..")) {
                     throw BundleException("file entry \"$name\" escapes the bundle")
@@ -30,9 +40,6 @@ data class Bundle(val dir: File, val manifest: Manifest) {
                     throw BundleException("$name is ${file.length()} bytes, the manifest says ${entry.size}")
                 }
                 if (sha256Hex(file) != entry.sha256) throw BundleException("$name does not match its SHA-256 (modified or corrupt)")
-            }
-            for (needed in listOf(manifest.program, manifest.tokenizerFile)) {
-                if (!manifest.files.containsKey(needed)) throw BundleException("$needed is not listed in the manifest")
             }
             return Bundle(dir, manifest)
         }

@@ -13,6 +13,7 @@ data class Manifest(
     val preset: String,
     val task: String,  // "chat" or "guard"
     val program: String,
+    val weights: String?,  // runtime.weights: ExecuTorch external weights file (.ptd), null when the program holds them
     val contextLength: Long,
     val maxSeqLen: Long,
     val tokenizerFile: String,
@@ -56,6 +57,8 @@ data class Manifest(
             val task = model.str("task")
             if (task != "chat" && task != "guard") throw JsonException("model.task must be chat or guard")
             val runtime = root.obj("runtime")
+            val weights = runtime["weights"]
+            if (weights != null && weights !is String) throw JsonException("runtime.weights must be a string or null")
             val tokenizer = root.obj("tokenizer")
             val specials = root.obj("special_tokens")
             val eos = specials.list("eos_ids").map { it as? Long ?: throw JsonException("eos_ids must be integers") }
@@ -75,6 +78,7 @@ data class Manifest(
                 preset = model.str("preset"),
                 task = task,
                 program = runtime.str("program"),
+                weights = weights as String?,
                 contextLength = runtime.long("context_length"),
                 maxSeqLen = runtime.long("max_seq_len"),
                 tokenizerFile = tokenizer.str("file"),

@@ -3,6 +3,7 @@ package dev.llamamobile.core
 import java.io.File
 import java.nio.file.Files
 import org.junit.Assert.assertEquals
+import org.junit.Assert.assertNull
 import org.junit.Assert.assertTrue
 import org.junit.Assert.fail
 import org.junit.Test
@@ -21,6 +22,7 @@ class ManifestTest {
                 assertEquals(file, case["eos_ids"], m.eosIds)
                 assertEquals(file, case["tokenizer"], m.tokenizerFile)
                 assertEquals(file, case["context_length"], m.contextLength)
+                assertEquals(file, case["weights"], m.weights)
             } else {
                 try {
                     Manifest.parse(text)
@@ -45,6 +47,15 @@ class ManifestTest {
         val bundle = Bundle.open(File(Vectors.dir, "bundle"))
         assertEquals("smollm2-135m-instruct", bundle.manifest.preset)
         assertTrue(bundle.programPath.endsWith("model.pte"))
+        assertNull(bundle.weightsPath)  // no runtime.weights: the program holds its weights
+    }
+
+    @Test
+    fun bundleWithExternalWeightsVerifies() {
+        val bundle = Bundle.open(File(Vectors.dir, "bundle_weights"))
+        assertEquals("model.ptd", bundle.manifest.weights)
+        assertEquals(File(File(Vectors.dir, "bundle_weights"), "model.ptd").path, bundle.weightsPath)
+        assertTrue(bundle.manifest.files.containsKey("model.ptd"))
     }
 
     @Test
@@ -54,16 +65,47 @@ class ManifestTest {
         expectBundleError { dir -> File(dir, "tokenizer.json").delete() }
     }
 
-    private fun expectBundleError(damage: (File) -> Unit) {
+    @Test
+    fun corruptMissingOrUnlistedWeightsAreRefused() {
+        // Same size, different bytes: only the SHA-256 can tell.
+        expectBundleError("bundle_weights", "model.ptd does not match its SHA-256") { dir ->
+            val file = File(dir, "model.ptd")
+            file.writeText(file.readText().toUpperCase())
+        }
+        expectBundleError("bundle_weights", "model.ptd is missing") { dir -> File(dir, "model.ptd").delete() }
+        // runtime.weights still names model.ptd, but files lists (and hashes) it under another name.
+        expectBundleError("bundle_weights", "runtime.weights names model.ptd") { dir ->
+            File(dir, "model.ptd").copyTo(File(dir, "copy.ptd"))
+            val manifest = File(dir, Bundle.MANIFEST_NAME)
+            val text = manifest.readText(Charsets.UTF_8)
+            assertTrue(text.contains("\"model.ptd\": {"))
+            manifest.writeText(text.replace("\"model.ptd\": {", "\"copy.ptd\": {"), Charsets.UTF_8)
+        }
+    }
+
+    @Test
+    fun weightsMustBeAStringOrNull() {
+        val text = File(File(Vectors.dir, "bundle_weights"), Bundle.MANIFEST_NAME).readText(Charsets.UTF_8)
+        assertNull(Manifest.parse(text.replace("\"weights\": \"model.ptd\"", "\"weights\": null")).weights)
+        try {
+            Manifest.parse(text.replace("\"weights\": \"model.ptd\"", "\"weights\": 7"))
+            fail("numeric runtime.weights accepted")
+        } catch (e: ManifestException) {
+            assertEquals("field", e.kind)
+        }
+    }
+
+    private fun expectBundleError(source: String = "bundle", message: String? = null, damage: (File) -> Unit) {
         val dir = Files.createTempDirectory("bundle").toFile()
         try {
-            File(Vectors.dir, "bundle").listFiles()!!.forEach { it.copyTo(File(dir, it.name)) }
+            File(Vectors.dir, source).listFiles()!!.forEach { it.copyTo(File(dir, it.name)) }
             Bundle.open(dir)  // intact copy passes
             damage(dir)
             try {
                 Bundle.open(dir)
                 fail("damaged bundle accepted")
             } catch (expected: BundleException) {
+                if (message != null) assertTrue("${expected.message}", expected.message!!.startsWith(message))
             }
         } finally {
             dir.deleteRecursively()
