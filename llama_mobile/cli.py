@@ -382,17 +382,19 @@ def _conversation(item, path, number) -> list[dict]:
               help="also run llama.cpp on the same weights requantized by llama.cpp (Q4_0 next to 8da4w)")
 @click.option("--gguf", type=click.Path(path_type=Path, exists=True), default=None,
               help="the llama.cpp file to compare with (implies --vs-llama-cpp)")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="also write a PNG chart of the speeds (needs the bench extra: matplotlib)")
 @click.option("--quality", is_flag=True,
               help="with --vs-llama-cpp: also top-1 / KL / perplexity ratio of both against the FP32 source")
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, quality, as_json):
+def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, plot, quality, as_json):
     """Prefill and decode tokens/s, time to first token, peak RSS and size, each run in a fresh process.
 
     \b
     Examples:
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --json
-      llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --quality
+      llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --quality --plot bench.png
     Run it on an idle machine: llama.cpp's threads collapse when another process shares a core.
     """
     _quiet_libraries()
@@ -413,6 +415,10 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
     request = BenchRequest(bundle=bundle, prompt_lengths=lengths, new_tokens=new_tokens, runs=runs,
                            warmup=warmup, threads=threads, llama_cpp_gguf=gguf, quality=quality)
     report = run_bench(request, Progress(STAGES, emit=_say))
+    if plot is not None:
+        from runtime_harness.bench_plot import plot_report
+
+        report["plot"] = str(plot_report(report, plot))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -438,6 +444,8 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
         for side in ("executorch", "llama.cpp"):
             m = q[side]
             click.echo(f"  {side:>10s}  {m['top1_agreement']:.3f} / {m['kl_mean']:.3f} / {m['ppl_ratio']:.3f}")
+    if "plot" in report:
+        click.echo(f"plot: {report['plot']}")
 
 
 @main.command()

@@ -24,3 +24,19 @@ def test_bench_runs_the_bundle_in_fresh_processes(tiny_fp32_bundle):
     assert figures["decode_tps"]["median"] > 0 and figures["peak_rss_bytes"]["median"] > 0
     assert report["size_bytes"]["executorch"] == tiny_fp32_bundle.manifest["files"]["model.pte"]["size"]
     assert "llama.cpp" not in report
+
+
+def test_plot_writes_a_png_with_one_panel_per_figure(tmp_path):
+    from runtime_harness.bench_plot import plot_report
+
+    report = {"bundle": "out/x", "threads": 2, "runs": 3,
+              "executorch": {"32": summarise([sample(10, 100, 50, 400), sample(30, 300, 70, 400)])},
+              "llama.cpp": {"32": summarise([sample(40, 100, 30, 200)])}}
+    path = plot_report(report, tmp_path / "bench.png")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert not list(tmp_path.glob("*.partial"))
+    from PIL import Image  # matplotlib depends on pillow
+
+    width, height = Image.open(path).size
+    assert width > 2.5 * height  # three panels side by side
