@@ -239,7 +239,10 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
                         "metadata": metadata, "delegated_calls": lowered.delegated_calls,
                         "tokens_per_call": {"min": 1, "max": max_seq_len if metadata["enable_dynamic_shape"] else 1},
                         **({"coreml": coreml} if coreml else {}),
-                        "ops_outside_delegates": lowered.portable_ops},
+                        "ops_outside_delegates": lowered.portable_ops,
+                        "ops_in_delegates": lowered.delegated_ops,
+                        "delegated_share": round(lowered.delegated_ops / max(1, lowered.delegated_ops
+                                                 + sum(lowered.portable_ops.values())), 4)},
             "tokenizer": {"file": tokenizer_file.name, "kind": tokenizer_kind(tokenizer_file)},
             "special_tokens": {"bos_id": loaded.specials.bos_id, "eos_ids": list(loaded.specials.eos_ids),
                                "names": loaded.specials.names},
