@@ -83,3 +83,20 @@ def coreml_gate_metrics(mlpackage: Path, eager_model, token_ids: list[int], refe
     if eager_model is None:
         return coreml_parity(mlpackage, token_ids, reference, target.option("compute_units", "all")), COREML_RUNTIME
     return compare_logits(reference, host_simulated_logits(eager_model, token_ids, dtype), token_ids), HOST_SIMULATED
+
+
+def refuse_off_macos(program: Path) -> None:
+    """A Core ML bundle's program needs Apple's Core ML runtime; say so instead of a runtime error code."""
+    import json
+
+    from llama_mobile.errors import RuntimeFailure
+
+    manifest = Path(program).parent / "manifest.json"
+    try:
+        backend = json.loads(manifest.read_text())["target"]["backend"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if backend == "coreml" and not on_macos():
+        raise RuntimeFailure("this is a Core ML bundle: ExecuTorch runs its program only on macOS / iOS",
+                             path=program, fix="run it on a Mac or in the iOS app; its parity was checked at export "
+                                               "(host-simulated, see parity.json)")

@@ -44,6 +44,9 @@ def _stats(raw) -> GenerationStats:
 
 class Runner:
     def __init__(self, program: Path, tokenizer: Path):
+        from runtime_harness.coreml import refuse_off_macos
+
+        refuse_off_macos(program)
         from runtime_harness.program import load_runtime_ops, quiet_native_stderr
 
         load_runtime_ops()

@@ -33,6 +33,9 @@ class Program:
     """forward(tokens, input_pos) of an LLM .pte; the KV cache lives inside the program."""
 
     def __init__(self, path: Path):
+        from runtime_harness.coreml import refuse_off_macos
+
+        refuse_off_macos(path)
         load_runtime_ops()
         from executorch.extension.pybindings.portable_lib import _load_for_executorch
 

@@ -197,3 +197,16 @@ def test_core_ml_model_runs_and_matches_the_eager_program_on_macos(ios18_int4, t
     reference = reference_logits(build_model(loaded.architecture, 64, loaded.state_dict, attention_kernel="sdpa"), ids)
     assert logits.shape == reference.shape
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() > 0.5
+
+
+@pytest.mark.skipif(IS_MACOS, reason="macOS runs Core ML programs")
+def test_running_a_core_ml_bundle_off_macos_is_refused_in_one_line(ios18_int4):
+    from llama_mobile.errors import RuntimeFailure
+    from runtime_harness.generate import Runner
+    from runtime_harness.program import Program
+
+    bundle = ios18_int4.bundle
+    with pytest.raises(RuntimeFailure, match="Core ML bundle"):
+        Program(bundle / "model.pte")
+    with pytest.raises(RuntimeFailure, match="Core ML bundle"):
+        Runner(bundle / "model.pte", bundle / "tokenizer.json")
