@@ -184,6 +184,10 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
                                                                        min(context, 256)), {}
         else:
             torchao_configs = quantize_model(model, recipe, tied=arch.tied_embeddings)
+        if target.backend == "xnnpack" and recipe.dtype != "fp32":  # Core ML takes precision as a compile spec
+            import torch
+
+            model = model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[recipe.dtype])
     max_seq_len = min(context, 256)
     metadata = runner_metadata(bos_id=loaded.specials.bos_id, eos_ids=loaded.specials.eos_ids,
                                context_len=context, max_seq_len=max_seq_len, vocab_size=arch.vocab_size,

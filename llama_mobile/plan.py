@@ -21,7 +21,7 @@ from quantize.recipe import LayerQuant, Recipe
 
 GROUP_SCALE_BYTES = 2  # bf16, as XNNPACK's qb4w kernels take them
 ROW_SCALE_BYTES = 4  # fp32
-FLOAT_BYTES = {"fp32": 4, "bf16": 2}
+FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Delegate graphs, flatbuffer and alignment: 385 KB over 30 layers in the SmolLM2 8da4w build (estimate).
 PROGRAM_BYTES_PER_LAYER = 13_000
 KV_BYTES = 4  # the exported KV cache is fp32
@@ -116,10 +116,12 @@ def linear_shapes(arch: Architecture) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def weight_bytes(rows: int, cols: int, quant: LayerQuant, group_scale_bytes: int = GROUP_SCALE_BYTES) -> int:
-    """Bytes of one [rows, cols] weight stored under a scheme, scales included."""
+def weight_bytes(rows: int, cols: int, quant: LayerQuant, group_scale_bytes: int = GROUP_SCALE_BYTES,
+                 dtype: str = "fp32") -> int:
+    """Bytes of one [rows, cols] weight stored under a scheme, scales included; float layers take the
+    recipe's dtype unless the scheme itself says bf16."""
     if quant.is_float:
-        return rows * cols * FLOAT_BYTES[quant.scheme]
+        return rows * cols * FLOAT_BYTES[dtype if quant.scheme == "fp32" else quant.scheme]
     data = rows * cols * quant.weight_bits // 8
     if quant.group_size:
         scale = group_scale_bytes if quant.weight_bits == 4 else ROW_SCALE_BYTES
@@ -139,7 +141,7 @@ def predict_size(arch: Architecture, recipe: Recipe, context: int, *,
         quant = recipe.quant_for(name)
         key = ("output" if name == "output" else "linears", quant)
         entry = by_quant.setdefault(key, [0, 0, 0])
-        entry[0] += weight_bytes(rows, cols, quant, group_scale_bytes)
+        entry[0] += weight_bytes(rows, cols, quant, group_scale_bytes, recipe.dtype)
         entry[1] += rows * cols
         entry[2] += 1
     components = [
@@ -152,7 +154,8 @@ def predict_size(arch: Architecture, recipe: Recipe, context: int, *,
     else:
         # Embeddings are never grouped into 4-bit XNNPACK kernels: their group scales stay fp32.
         components.append(Component(f"embedding:{_describe(recipe.embedding)}",
-                                    weight_bytes(arch.vocab_size, arch.dim, recipe.embedding, ROW_SCALE_BYTES),
+                                    weight_bytes(arch.vocab_size, arch.dim, recipe.embedding, ROW_SCALE_BYTES,
+                                                 recipe.dtype),
                                     f"{arch.vocab_size} x {arch.dim}"))
     norms = (2 * arch.n_layers + 1) * arch.dim * 4 + arch.dim * 4  # weights + the shared 1/dim row
     components.append(Component("norms", norms, f"{2 * arch.n_layers + 1} RMSNorm weights, fp32"))

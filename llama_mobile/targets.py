@@ -32,6 +32,9 @@ TARGETS: dict[str, Target] = {
             summary="Arm/x86 CPUs through XNNPACK (KleidiAI kernels on Arm): Android and iOS phones",
             linear_schemes=("fp32", "8da4w", "8da8w", "8w"),
             embedding_schemes=("fp32", "8w", "4w"),
+            # fp16 runs in XNNPACK's f16 kernels; bf16 lowers but ExecuTorch 1.5's XNNPACK leaves its
+            # matmuls to portable kernels (a size/quality baseline, not a fast artifact).
+            options=(("dtypes", ("fp32", "fp16", "bf16")),),
         ),
         # NPU targets: the backend's own PT2E quantizer quantizes the whole graph (recipes with a [pt2e]
         # section), so torchao leaves every layer float. The SoC ("chip") comes from --device.
