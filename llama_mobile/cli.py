@@ -112,9 +112,12 @@ class _PresetOrFolder(click.Choice):
 @click.option("--skip-memory-check", is_flag=True, help="export even if the memory preflight says it will not fit")
 @click.option("--format", "formats", multiple=True, type=click.Choice(["mlpackage"]),
               help="also write the Core ML model as a standalone model.mlpackage (Core ML targets)")
+@click.option("--single-file", is_flag=True,
+              help="keep all weights in model.pte (for iOS's TextLLMRunner, which cannot load model.ptd; "
+                   "a tied embedding/output matrix is then stored twice)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 def export(model, checkpoint, recipe, target, device, output_dir, context, name, no_validate, task,
-           skip_memory_check, formats, as_json):
+           skip_memory_check, formats, single_file, as_json):
     """Load, quantize and lower a model, and write a verified bundle.
 
     \b
@@ -146,7 +149,8 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
                             target=target or (chosen.target if chosen else DEFAULT_TARGET),
                             output_dir=output_dir, context=context or (chosen.context if chosen else None),
                             validate=not no_validate, name=name, task=task, device=device,
-                            memory_check=not skip_memory_check, formats=tuple(formats))
+                            memory_check=not skip_memory_check, formats=tuple(formats),
+                            single_file=single_file)
     result = run_export(request, Progress(STAGES, emit=_say))
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle), "size_bytes": result.size_bytes,

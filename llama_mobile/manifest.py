@@ -63,6 +63,11 @@ def verify_bundle(bundle: Path) -> dict:
     """Every listed file exists with its size and SHA-256; returns the manifest."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    runtime = manifest["runtime"]
+    for role, name in (("program", runtime["program"]), ("weights", runtime.get("weights"))):
+        if name is not None and name not in manifest["files"]:
+            raise BundleError(f"runtime.{role} names {name}, which the manifest's files do not list",
+                              path=bundle / MANIFEST_NAME, fix="re-export the bundle")
     for name, entry in manifest["files"].items():
         path = bundle / name
         if Path(name).is_absolute() or ".." in Path(name).parts:

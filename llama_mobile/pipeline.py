@@ -32,6 +32,9 @@ class ExportRequest:
     device: str | None = None  # a device preset: its RAM decides whether the context fits
     memory_check: bool = True
     formats: tuple[str, ...] = ()  # extra artifacts: "mlpackage" (Core ML targets) writes model.mlpackage
+    # Keep every weight inside model.pte (no model.ptd): ExecuTorch's iOS TextLLMRunner takes no data
+    # file. A tied embedding/output matrix is then stored twice. Apple --device presets imply it.
+    single_file: bool = False
 
 
 @dataclass
@@ -198,7 +201,9 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     simulate = request.validate and target.backend == "coreml" and not on_macos()
     with progress.stage("lower", target.name):
         # A tied embedding/output pair is stored once only through ExecuTorch's external weights file.
-        external_weights = target.backend == "xnnpack" and arch.tied_embeddings
+        apple = request.device is not None and get_device(request.device).vendor == "Apple"
+        external_weights = (target.backend == "xnnpack" and arch.tied_embeddings
+                            and not (request.single_file or apple))
         lowered = lower(model, target, metadata, max_seq_len, external_weights=external_weights)
         if not simulate:
             del model

@@ -62,3 +62,28 @@ def test_runner_and_program_load_the_external_weights(tied_bundle):
     assert logits.shape[-1] == TIED.vocab_size and torch.isfinite(logits).all()
     result = Runner(bundle / "model.pte", bundle / "tokenizer.json").generate("hello", max_new_tokens=4)
     assert result.stats.generated_tokens >= 1
+
+
+def test_single_file_keeps_everything_in_the_program(tied_hf, tmp_path):
+    single = export_tiny(tied_hf, tmp_path, "8da4w-mixed", single_file=True, validate=False)
+    assert single.manifest["runtime"]["weights"] is None and "model.ptd" not in single.manifest["files"]
+    from runtime_harness.program import Program
+
+    logits = Program(single.bundle / "model.pte").forward(torch.tensor([[1, 2, 3]]), 0)
+    assert torch.isfinite(logits).all()
+
+
+def test_verify_refuses_weights_the_files_do_not_list(tied_bundle, tmp_path):
+    import json
+    import shutil
+
+    from llama_mobile.errors import BundleError
+    from llama_mobile.manifest import verify_bundle
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tied_bundle.bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["model.ptd"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="runtime.weights names model.ptd"):
+        verify_bundle(copy)
