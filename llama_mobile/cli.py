@@ -19,10 +19,11 @@ DEFAULT_RECIPE = "8da4w-mixed"
 def _quiet_libraries() -> None:
     """torchao logs every optional CUDA extension it cannot load; none matter on a CPU host."""
     logging.getLogger("torchao").setLevel(logging.ERROR)
-    for name in ("torch", "torch.utils._pytree"):
+    for name in ("torch", "torch.utils._pytree", "coremltools", "executorch.backends.apple.coreml"):
         logging.getLogger(name).setLevel(logging.ERROR)
     _route_native_logs()
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "llama-mobile-inductor"))
+    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' per-pass progress bars; stages report progress
     import warnings
 
     warnings.filterwarnings("ignore")
