@@ -71,12 +71,12 @@ def _target_reason(npu: Npu | None) -> str:
                 f"vendor SDK at export time and a PT2E recipe")
     why = npu.note if npu is not None and npu.note else "no NPU ExecuTorch targets"
     return f"{XNNPACK_DEFAULT}; NPU option: none ({why})"
-INT4_I8MM = ("8da4w g32: int8 dynamic activations x int4 weights in groups of 32 run on KleidiAI's i8mm "
+INT4_I8MM = ("8da4w-mixed (8da4w g32, int8 value projections and block 0): int8 dynamic activations x int4 weights in groups of 32 run on KleidiAI's i8mm "
              "kernels in XNNPACK (qd8-f32-qb4w); decode is bandwidth bound and int4 reads ~7x fewer "
              "bytes than fp32")
-INT4_SME2 = ("8da4w g32: KleidiAI's int4 groupwise kernels (SME2 and i8mm variants) in XNNPACK; decode "
+INT4_SME2 = ("8da4w-mixed (8da4w g32 + a few int8 layers): KleidiAI's int4 groupwise kernels (SME2 and i8mm variants) in XNNPACK; decode "
              "is bandwidth bound and int4 reads ~7x fewer bytes than fp32")
-INT4_DOTPROD = ("8da4w g32 despite no i8mm: XNNPACK/KleidiAI also ship dotprod int4 kernels, so prefill "
+INT4_DOTPROD = ("8da4w-mixed (8da4w g32 + a few int8 layers) despite no i8mm: XNNPACK/KleidiAI also ship dotprod int4 kernels, so prefill "
                 "is slower than on i8mm cores but decode, which is bandwidth bound, gains most from int4's "
                 "halved bytes (8da8w reads twice as much); pick 8da8w only where prompt latency dominates")
 THREADS = "big + mid cores; little cores slow every XNNPACK parallel op down to their pace"
@@ -88,7 +88,7 @@ CONTEXT_6GB = "1024: 40% of 6 GB is 2.4 GiB, room for 1B models; a 3B int4 fits 
 
 def _android(name: str, vendor: str, summary: str, big: Cores, mid: Cores, little: Cores,
              isa: tuple[str, ...], ram_gb: int, memory: str, bandwidth_gbs: float, bandwidth_note: str,
-             npu: Npu | None, recipe: str = "8da4w", recipe_reason: str = INT4_I8MM) -> Device:
+             npu: Npu | None, recipe: str = "8da4w-mixed", recipe_reason: str = INT4_I8MM) -> Device:
     context, context_reason = {6: (1024, CONTEXT_6GB), 8: (2048, CONTEXT_8GB)}.get(
         ram_gb, (4096, CONTEXT_12GB))
     return Device(name=name, vendor=vendor, summary=summary, big=big, mid=mid, little=little, isa=isa,
@@ -174,7 +174,7 @@ DEVICES: dict[str, Device] = {
             big=Cores(2, "Apple P-core (A17)"), mid=NO_CORES, little=Cores(4, "Apple E-core (A17)"),
             isa=("dotprod", "i8mm"), ram_gb=8, memory="LPDDR5-6400, 64-bit", bandwidth_gbs=51.2,
             bandwidth_note="estimate: Apple publishes no figure; LPDDR5-6400 x 64-bit as reported",
-            npu=Npu("Apple Neural Engine (16-core)", "coreml"), target="xnnpack", recipe="8da4w",
+            npu=Npu("Apple Neural Engine (16-core)", "coreml"), target="xnnpack", recipe="8da4w-mixed",
             threads=2, context=2048, target_reason=XNNPACK_APPLE, recipe_reason=INT4_I8MM,
             threads_reason=THREADS, context_reason=CONTEXT_8GB,
         ),
@@ -183,7 +183,7 @@ DEVICES: dict[str, Device] = {
             big=Cores(4, "Apple P-core (M4)"), mid=NO_CORES, little=Cores(6, "Apple E-core (M4)"),
             isa=("dotprod", "i8mm", "sme2"), ram_gb=8, memory="LPDDR5X-7500, 128-bit", bandwidth_gbs=120.0,
             bandwidth_note="Apple: 120 GB/s unified memory bandwidth",
-            npu=Npu("Apple Neural Engine (16-core)", "coreml"), target="xnnpack", recipe="8da4w",
+            npu=Npu("Apple Neural Engine (16-core)", "coreml"), target="xnnpack", recipe="8da4w-mixed",
             threads=4, context=2048, target_reason=XNNPACK_APPLE, recipe_reason=INT4_SME2,
             threads_reason=THREADS, context_reason=CONTEXT_8GB,
         ),
@@ -192,7 +192,7 @@ DEVICES: dict[str, Device] = {
             Cores(1, "Cortex-A76"), Cores(3, "Cortex-A76"), Cores(4, "Cortex-A55"),
             ("dotprod",), 6, "LPDDR4X-4266, 64-bit", 34.1,
             "LPDDR4X-4266 x 64-bit, the common configuration of that generation",
-            None, recipe="8da4w", recipe_reason=INT4_DOTPROD,
+            None, recipe="8da4w-mixed", recipe_reason=INT4_DOTPROD,
         ),
         _android(
             "arm-v9-generic", "Arm", "Armv9.0 phone (Snapdragon 8 Gen 1 / Dimensity 9000-class, X2/A710/A510)",

@@ -8,7 +8,7 @@ from llama_mobile.presets import MODEL_PRESETS
 from llama_mobile.targets import TARGETS
 from quantize.recipe import check_recipe_fits, load_recipe
 
-EXPECTED_RECIPES = {name: "8da4w" for name in DEVICES}
+EXPECTED_RECIPES = {name: "8da4w-mixed" for name in DEVICES}
 
 
 @pytest.mark.parametrize("name", list(DEVICES))
