@@ -59,15 +59,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, swap: torc
     return x * cos + torch.nn.functional.linear(x, swap) * sin
 
 
+RMS_NORMS = ("mean_square", "l2")
+
+
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """``kind="mean_square"``: mean(x^2) as a matmul with a constant 1/dim row (XNNPACK delegates it, a
+    mean op it would not). ``kind="l2"``: x * sqrt(dim) / ||x||, for graphs computed in fp16 (Core ML):
+    x^2 overflows fp16 for the residual stream's outliers (|x| ~ 25000 in SmolLM2), an L2 norm does not.
+    The scale is formed before it multiplies x, which alone would overflow times sqrt(dim); eps becomes
+    a floor on the norm, as in ExecuTorch's RMSNormCoreML."""
+
+    def __init__(self, dim: int, eps: float, kind: str = "mean_square"):
         super().__init__()
         self.eps = eps
+        self.kind = kind
         self.weight = nn.Parameter(torch.ones(dim))
         self.register_buffer("average", torch.full((1, dim), 1.0 / dim), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # mean(x^2) as a matmul with a constant 1/dim row: XNNPACK delegates it, a mean op it would not.
+        if self.kind == "l2":
+            dim = x.shape[-1]
+            norm = torch.clamp_min(torch.linalg.vector_norm(x, dim=-1, keepdim=True), math.sqrt(dim * self.eps))
+            return x * (math.sqrt(dim) * torch.reciprocal(norm)) * self.weight
         mean_square = torch.nn.functional.linear(x * x, self.average)
         return x * torch.rsqrt(mean_square + self.eps) * self.weight
 
@@ -132,12 +145,13 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, arch: Architecture, layer: int, max_context: int, kernel: str = "custom"):
+    def __init__(self, arch: Architecture, layer: int, max_context: int, kernel: str = "custom",
+                 rms_norm: str = "mean_square"):
         super().__init__()
         self.attention = Attention(arch, max_context, kernel)
         self.feed_forward = FeedForward(arch.dim, arch.ffn_hidden_of(layer))
-        self.attention_norm = RMSNorm(arch.dim, arch.norm_eps)
-        self.ffn_norm = RMSNorm(arch.dim, arch.norm_eps)
+        self.attention_norm = RMSNorm(arch.dim, arch.norm_eps, rms_norm)
+        self.ffn_norm = RMSNorm(arch.dim, arch.norm_eps, rms_norm)
 
     def forward(self, x, start_pos: int, cos, sin, swap):
         h = x + self.attention(self.attention_norm(x), start_pos, cos, sin, swap)
@@ -145,13 +159,15 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, arch: Architecture, max_context: int, attention_kernel: str = "custom"):
+    def __init__(self, arch: Architecture, max_context: int, attention_kernel: str = "custom",
+                 rms_norm: str = "mean_square"):
         super().__init__()
         self.arch = arch
         self.max_context = max_context
         self.tok_embeddings = nn.Embedding(arch.vocab_size, arch.dim)
-        self.layers = nn.ModuleList(Block(arch, i, max_context, attention_kernel) for i in range(arch.n_layers))
-        self.norm = RMSNorm(arch.dim, arch.norm_eps)
+        self.layers = nn.ModuleList(Block(arch, i, max_context, attention_kernel, rms_norm)
+                                    for i in range(arch.n_layers))
+        self.norm = RMSNorm(arch.dim, arch.norm_eps, rms_norm)
         self.output = nn.Linear(arch.dim, arch.output_rows, bias=False)
         if arch.tied_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -196,12 +212,15 @@ class Transformer(nn.Module):
 
 
 def build_model(arch: Architecture, max_context: int, state_dict: dict[str, torch.Tensor],
-                dtype: torch.dtype = torch.float32, attention_kernel: str = "custom") -> Transformer:
+                dtype: torch.dtype = torch.float32, attention_kernel: str = "custom",
+                rms_norm: str = "mean_square") -> Transformer:
     """Build on the meta device and take the loader's tensors as they are (no second copy)."""
     if attention_kernel not in ("custom", "sdpa"):
         raise ValueError(f"attention_kernel must be 'custom' or 'sdpa', not {attention_kernel!r}")
+    if rms_norm not in RMS_NORMS:
+        raise ValueError(f"rms_norm must be one of {RMS_NORMS}, not {rms_norm!r}")
     with torch.device("meta"):
-        model = Transformer(arch, max_context, attention_kernel)
+        model = Transformer(arch, max_context, attention_kernel, rms_norm)
     if arch.tied_embeddings:
         state_dict = {**state_dict, "output.weight": state_dict["tok_embeddings.weight"]}
     model.load_state_dict(state_dict, strict=True, assign=True)

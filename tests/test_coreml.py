@@ -55,6 +55,7 @@ def test_ios18_int4_is_one_core_ml_model_with_state_and_blockwise_weights(ios18_
     # 7 linears per block and the output layer in int4 blocks; fp16 compute; Core ML's fused SDPA
     assert spec["ops"]["constexpr_blockwise_shift_scale"] >= 7 * TINY.n_layers + 1
     assert spec["ops"]["scaled_dot_product_attention"] == TINY.n_layers
+    assert spec["ops"]["reduce_l2_norm"] == 2 * TINY.n_layers + 1  # fp16-safe RMSNorm, kept whole
     assert spec["tensor_dtypes"]["FLOAT16"] > 10 * spec["tensor_dtypes"].get("FLOAT32", 0)
     assert spec["outputs"][0]["shape"] == [1, TINY.vocab_size]
 
@@ -210,3 +211,23 @@ def test_running_a_core_ml_bundle_off_macos_is_refused_in_one_line(ios18_int4):
         Program(bundle / "model.pte")
     with pytest.raises(RuntimeFailure, match="Core ML bundle"):
         Runner(bundle / "model.pte", bundle / "tokenizer.json")
+
+
+def test_l2_rms_norm_matches_and_survives_fp16_outliers():
+    import torch
+
+    from export.model import RMSNorm
+
+    torch.manual_seed(0)
+    norms = {kind: RMSNorm(576, 1e-5, kind) for kind in ("mean_square", "l2")}
+    weight = 1 + 0.1 * torch.randn(576)
+    for norm in norms.values():
+        norm.weight.data = weight.clone()
+    x = torch.randn(3, 576)
+    torch.testing.assert_close(norms["l2"](x), norms["mean_square"](x), atol=1e-5, rtol=1e-5)
+    x[:, 7] = 25000.0  # SmolLM2's residual stream holds outliers this large; x^2 overflows fp16
+    exact = norms["l2"](x)
+    for norm in norms.values():
+        norm.half()
+    assert not torch.allclose(norms["mean_square"](x.half()).float(), exact, atol=0.05)
+    torch.testing.assert_close(norms["l2"](x.half()).float(), exact, atol=0.05, rtol=0.01)

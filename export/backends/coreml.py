@@ -13,8 +13,9 @@ import platform
 from llama_mobile.errors import ExportError
 from llama_mobile.targets import Target
 
-# ExecuTorch's custom llama ops have no Core ML lowering.
-MODEL_OPTIONS: dict = {"attention_kernel": "sdpa"}
+# ExecuTorch's custom llama ops have no Core ML lowering; the fp16 graph needs an RMSNorm that does not
+# square the residual stream.
+MODEL_OPTIONS: dict = {"attention_kernel": "sdpa", "rms_norm": "l2"}
 # ExecuTorch's Llama export refuses dynamic shapes with Core ML; one token per call (the runner
 # prefills token by token), the cache's length fixed by the context.
 RUNNER_METADATA: dict = {"enable_dynamic_shape": False, "use_sdpa_with_kv_cache": False}
