@@ -1,6 +1,7 @@
 """torch.export -> to_edge_transform_and_lower -> to_executorch, with the LLM runner's metadata baked in."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -66,6 +67,16 @@ def tag_weights_external(exported) -> int:
     return tagged
 
 
+def lowering_context(target: Target, fast: bool = True):
+    """The backend's speed-ups for the lowering call, if it has any (fast=False: ExecuTorch as shipped)."""
+    from export.backends import backend_module
+
+    backend = backend_module(target)
+    if fast and hasattr(backend, "lowering_context"):
+        return backend.lowering_context(target)
+    return contextlib.nullcontext()
+
+
 def _tagging(partitioner):
     """Tag the weights on the graph the partitioner sees (after decomposition, where tags survive)."""
     partition = partitioner.partition
@@ -79,7 +90,7 @@ def _tagging(partitioner):
 
 
 def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: int,
-          external_weights: bool = False) -> LoweredProgram:
+          external_weights: bool = False, fast: bool = True) -> LoweredProgram:
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from torch.export import Dim, export
@@ -99,13 +110,14 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
         seconds["torch_export"] = time.perf_counter() - started
         log.info("torch.export done in %.1fs; lowering to %s", seconds["torch_export"], target.name)
         started = time.perf_counter()
-        edge = to_edge_transform_and_lower(
-            exported,
-            partitioner=[_tagging(p) for p in partitioners_for(target)] if external_weights
-            else partitioners_for(target),
-            compile_config=EdgeCompileConfig(_check_ir_validity=False),
-            constant_methods=metadata,
-        )
+        with lowering_context(target, fast):
+            edge = to_edge_transform_and_lower(
+                exported,
+                partitioner=[_tagging(p) for p in partitioners_for(target)] if external_weights
+                else partitioners_for(target),
+                compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                constant_methods=metadata,
+            )
         seconds["lower"] = time.perf_counter() - started
         started = time.perf_counter()
         program = edge.to_executorch(ExecutorchBackendConfig(
