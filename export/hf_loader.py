@@ -55,12 +55,15 @@ def architecture_from_config(path: Path) -> tuple[Architecture, int | None, tupl
         max_position=fields.get("max_position_embeddings", int, 8192, positive=True),
     )
     head_dim = fields.get("head_dim", int, None, positive=True)
+    pruned = fields.get(PRUNING_SECTION, dict, {}) or {}
     if head_dim is not None and dim and n_heads and head_dim * n_heads != dim:
-        fields.fail(f"head_dim={head_dim} times num_attention_heads={n_heads} is not hidden_size={dim}")
+        if pruned.get("attn_head_dim") == head_dim:  # attention heads were pruned: dim stays, heads shrink
+            arch_fields["attn_head_dim"] = head_dim
+        else:
+            fields.fail(f"head_dim={head_dim} times num_attention_heads={n_heads} is not hidden_size={dim}")
     scaling = fields.get("rope_scaling", dict, None)
     if scaling is not None:
         arch_fields["rope_scaling"] = _rope_scaling(scaling, fields)
-    pruned = fields.get(PRUNING_SECTION, dict, {}) or {}
     for key in ("layer_ffn_hidden", "output_token_ids"):
         if pruned.get(key) is not None:
             if not isinstance(pruned[key], list) or not all(isinstance(v, int) for v in pruned[key]):
@@ -167,6 +170,8 @@ def load_hf(folder: Path, preset: ModelPreset | None) -> LoadedModel:
     if preset is not None:
         check_against_preset(arch, preset.architecture, config, preset.name)
     tokenizer = folder / "tokenizer.json"
+    if not tokenizer.exists() and (folder / "tokenizer.model").exists():
+        tokenizer = folder / "tokenizer.model"  # a pruned Meta-format model keeps Meta's tiktoken file
     if not tokenizer.exists():
         raise CheckpointError("tokenizer.json not found", path=folder,
                               fix="download tokenizer.json with the model into this folder")
@@ -177,9 +182,26 @@ def load_hf(folder: Path, preset: ModelPreset | None) -> LoadedModel:
     elif "output.weight" not in state:
         arch = arch.replace(tied_embeddings=True)
     specials, template = resolve_identity(preset, arch, bos, eos_ids)
+    written_by_us = pruned_identity(config)
     return LoadedModel(
-        preset=preset.name if preset else "llama", architecture=arch, state_dict=state,
-        tokenizer_path=tokenizer, specials=specials, chat_template=template,
-        task=preset.task if preset else "chat", source_format=HF_FORMAT,
-        sources=describe_sources([config, *files, tokenizer]),
+        preset=preset.name if preset else written_by_us.get("name", "llama"), architecture=arch,
+        state_dict=state, tokenizer_path=tokenizer, specials=specials, chat_template=template,
+        task=preset.task if preset else written_by_us.get("task", "chat"), source_format=HF_FORMAT,
+        sources=describe_sources([config, *files, tokenizer]), history=written_by_us.get("history", []),
     )
+
+
+def pruned_identity(config: Path) -> dict:
+    """Name, task and history a pruned checkpoint carries in its llama_mobile section (checked types)."""
+    section = read_json_object(config).get(PRUNING_SECTION)
+    if not isinstance(section, dict):
+        return {}
+    found = {}
+    if isinstance(section.get("name"), str):
+        found["name"] = section["name"]
+    if section.get("task") in ("chat", "guard"):
+        found["task"] = section["task"]
+    history = section.get("history")
+    if isinstance(history, list) and all(isinstance(h, dict) for h in history):
+        found["history"] = history
+    return found

@@ -35,10 +35,12 @@ class Architecture:
     layer_ffn_hidden: tuple[int, ...] | None = None
     # Rows kept in the output layer after vocabulary pruning (original token ids, ascending).
     output_token_ids: tuple[int, ...] | None = None
+    # Set when attention heads were pruned: dim is then no longer n_heads x head_dim.
+    attn_head_dim: int | None = None
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.attn_head_dim or self.dim // self.n_heads
 
     def ffn_hidden_of(self, layer: int) -> int:
         return self.layer_ffn_hidden[layer] if self.layer_ffn_hidden else self.ffn_hidden
@@ -56,7 +58,10 @@ class Architecture:
                 found.append(f"{name} must be a positive integer, got {value!r}")
         if found:
             return found
-        if self.dim % self.n_heads:
+        if self.attn_head_dim is not None:
+            if not isinstance(self.attn_head_dim, int) or self.attn_head_dim <= 0 or self.attn_head_dim % 2:
+                found.append(f"attn_head_dim must be a positive even integer, got {self.attn_head_dim!r}")
+        elif self.dim % self.n_heads:
             found.append(f"n_heads={self.n_heads} does not divide dim={self.dim}")
         elif self.head_dim % 2:
             found.append(f"head_dim={self.head_dim} must be even for RoPE")

@@ -52,10 +52,12 @@ def _int_list(ctx, param, value):
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="dtype of the written weights")
 @click.option("--name", default=None, help="model name recorded in the checkpoint (default: MODEL-pruned)")
+@click.option("--task", type=click.Choice(["chat", "guard"]), default=None,
+              help="what the model does (default: the preset's; 'guard' for a Llama Guard derivative)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON on stdout")
 def prune(model, checkpoint, output, drop_blocks, drop_blocks_at, block_choice, mlp_hidden, kv_heads,
           keep_output_tokens, calibration, eval_text, seq_len, calibration_windows, eval_windows, distill_steps,
-          teacher, lr, save_every, dtype, name, as_json):
+          teacher, lr, save_every, dtype, name, task, as_json):
     """Remove blocks, MLP neurons, KV groups or output rows by measured importance; write a checkpoint.
 
     The result is a Hugging Face folder (config.json + model.safetensors + tokenizer) with its real
@@ -78,7 +80,7 @@ def prune(model, checkpoint, output, drop_blocks, drop_blocks_at, block_choice, 
         drop_blocks_at=drop_blocks_at, block_choice=block_choice, mlp_hidden=mlp_hidden, kv_heads=kv_heads,
         keep_output_tokens=keep_output_tokens, calibration=calibration, eval_text=eval_text, seq_len=seq_len,
         calibration_windows=calibration_windows, eval_windows=eval_windows, distill_steps=distill_steps,
-        teacher=teacher, lr=lr, save_every=save_every, dtype=dtype, name=name)
+        teacher=teacher, lr=lr, save_every=save_every, dtype=dtype, name=name, task=task)
     result = run_prune(request, Progress(STAGES, emit=_say))
     report = result.report
     if as_json:

@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+# A pruned output layer scores only its kept tokens; the model gives every other token a floor logit
+# (-1e4, export/model.py). Columns never above this are left out of every metric, and perplexity is
+# taken over the positions whose next token is scored.
+UNSCORED = -1.0e3
+
 
 @dataclass
 class ParityMetrics:
@@ -38,20 +43,32 @@ def perplexity(logits: torch.Tensor, next_tokens: torch.Tensor) -> float:
     return float(math.exp(nll.mean().item()))
 
 
+def _scored_only(reference, candidate, next_tokens, scored):
+    """Keep the columns a pruned output layer scores; next tokens outside them become -1."""
+    column = torch.full((scored.numel(),), -1, dtype=torch.long)
+    column[scored] = torch.arange(int(scored.sum()))
+    return reference[:, scored], candidate[:, scored], column[next_tokens.long()]
+
+
 def compare_logits(reference: torch.Tensor, candidate: torch.Tensor, token_ids: list[int]) -> ParityMetrics:
     """reference/candidate: [N, vocab] logits at positions 0..N-1 of token_ids."""
     if reference.shape != candidate.shape:
         raise ValueError(f"shape mismatch {tuple(reference.shape)} vs {tuple(candidate.shape)}")
     reference, candidate = reference.double(), candidate.double()
+    next_tokens = torch.tensor(token_ids[1:])
+    scored = (reference > UNSCORED).any(0)
+    if not bool(scored.all()):
+        reference, candidate, next_tokens = _scored_only(reference, candidate, next_tokens, scored)
     top1 = (reference.argmax(-1) == candidate.argmax(-1)).double().mean().item()
     k = min(5, reference.shape[-1])
     ref_top, cand_top = reference.topk(k, dim=-1).indices, candidate.topk(k, dim=-1).indices
     overlap = (ref_top.unsqueeze(-1) == cand_top.unsqueeze(-2)).any(-1).double().sum(-1) / k
     cosine = torch.nn.functional.cosine_similarity(reference, candidate, dim=-1)
     kl = kl_per_position(reference, candidate)
-    next_tokens = torch.tensor(token_ids[1:])
-    ppl_ref = perplexity(reference[:-1], next_tokens)
-    ppl_cand = perplexity(candidate[:-1], next_tokens)
+    in_vocab = next_tokens >= 0
+    # Over no scored token at all, exp of an empty mean: 1 for both.
+    ppl_ref = perplexity(reference[:-1][in_vocab], next_tokens[in_vocab]) if in_vocab.any() else 1.0
+    ppl_cand = perplexity(candidate[:-1][in_vocab], next_tokens[in_vocab]) if in_vocab.any() else 1.0
     return ParityMetrics(
         positions=int(reference.shape[0]), top1_agreement=top1, top5_overlap=overlap.mean().item(),
         cosine_mean=cosine.mean().item(), cosine_min=cosine.min().item(), kl_mean=kl.mean().item(),

@@ -73,8 +73,10 @@ def run_validation(request: ValidationRequest, progress: Progress | None = None)
     load_custom_ops()
     references, greedy_reference, guard_reference = {}, {}, None
     with progress.stage("reference", str(request.reference or "embedded weights")):
-        preset = manifest["model"]["preset"]
-        loaded = load_checkpoint(preset, request.reference)
+        from llama_mobile.presets import GENERIC_MODEL, MODEL_PRESETS
+
+        preset = manifest["model"]["preset"]  # a pruned model names itself; its shapes come from its config
+        loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, request.reference)
         state = loaded.state_dict
         for name, dtype in REFERENCES.items():
             model = build_model(loaded.architecture, context, state, dtype=dtype)
