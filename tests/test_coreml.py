@@ -181,6 +181,7 @@ def test_targets_command_lists_the_core_ml_presets():
     listed = json.loads(result.stdout)
     assert {"coreml-ios17", "coreml-ios18", "coreml-ios18-cpu-ne", "coreml-ios18-cpu-gpu"} <= set(listed)
     assert listed["coreml-ios18"]["min_os"] == "iOS 18"
+    assert listed["coreml-ios18"]["sdk_available"] is True  # coremltools is a dependency: lowering runs anywhere
     assert all(TARGETS[name].backend == "coreml" for name in listed if name.startswith("coreml"))
 
 

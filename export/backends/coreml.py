@@ -26,6 +26,16 @@ COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_ne", "cpu_and_gpu")
 PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32"}
 
 
+def sdk_problem() -> str | None:
+    """Why Core ML lowering cannot run here, or None (a module lookup, no import)."""
+    import importlib.util
+
+    for module in ("coremltools", "executorch.backends.apple.coreml"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install coremltools)"
+    return None
+
+
 def check_environment(target: Target) -> None:
     try:
         import coremltools  # noqa: F401
