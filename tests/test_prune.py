@@ -139,6 +139,26 @@ def test_distillation_lowers_the_kl_and_resumes_where_it_stopped(tmp_path):
     assert other.resumed_from == 0
 
 
+def test_an_interrupted_prune_resumes_its_distillation(tiny_hf, tmp_path):
+    from llama_mobile.progress import Progress
+    from llama_mobile.prune_job import STAGES
+
+    def stop_after_first_step(line):
+        if "step 1/3" in line:
+            raise KeyboardInterrupt
+
+    request = PruneRequest(model="llama", checkpoint=tiny_hf, output=tmp_path / "small", drop_blocks=1, seq_len=32,
+                           calibration_windows=2, eval_windows=1, distill_steps=3, save_every=1, lr=1e-3)
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(request, Progress(STAGES, emit=stop_after_first_step))
+    state = tmp_path / ".small.distill-state"
+    assert (state / "distill-state.pt").exists() and not (tmp_path / "small").exists()
+    report = run_prune(request).report
+    assert report["distillation"]["resumed_from_step"] == 1 and report["distillation"]["steps"] == 3
+    assert report["step"] == "prune" and report["removed"]["blocks"]["dropped"] in ([0], [1])
+    assert not state.exists() and (tmp_path / "small" / "model.safetensors").exists()
+
+
 def test_bad_inputs_fail_with_one_line_errors(tiny_hf, tmp_path):
     with pytest.raises(UsageError, match="leaves none"):
         blocks.choose_blocks(2, count=2, influence=[0.1, 0.2])

@@ -121,10 +121,10 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, train: list[list
         optimizer.step()
         step += 1
         losses.append(float(loss.detach()))
-        if on_step:
-            on_step(step, losses[-1])
         if state_path is not None and (step % config.save_every == 0 or step == config.steps):
             _save_state(state_path, config.fingerprint, step, params, names, optimizer, losses, kl_before)
+        if on_step:
+            on_step(step, losses[-1])
     for p in params:
         p.requires_grad_(False)
     _fresh_caches(student)
