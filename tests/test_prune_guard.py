@@ -137,9 +137,10 @@ def test_pruned_guard_real_shapes_export_under_guard_int4_fits_438_mib(tmp_path)
     del state
     result = run_export(ExportRequest(model="llama", checkpoint=folder, recipe="guard-int4", target="xnnpack",
                                       output_dir=tmp_path / "out", context=1024, validate=False))
-    size = result.size_bytes
+    size = result.manifest["files"]["model.pte"]["size"]  # the bundle adds the 2.2 MB tokenizer.model
     predicted = predict_size(arch, load_recipe("guard-int4"), 1024).total
-    print(f"pruned Guard guard-int4: {size:,} B ({size / 2**20:.1f} MiB), predicted {predicted:,} B, "
+    print(f"pruned Guard guard-int4: model.pte {size:,} B ({size / 2**20:.1f} MiB), predicted {predicted:,} B, "
           f"export {sum(result.seconds.values()):.0f}s, peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
-    assert size / 2**20 <= 438 and abs(size - predicted) / predicted < 0.01
+    # Measured: model.pte 439,887,568 B (419.5 MiB), predicted 439,883,608 B.
+    assert size / 2**20 <= 438 and abs(size - predicted) / predicted < 0.001
     assert result.manifest["model"]["task"] == "guard" and result.manifest["model"]["history"]
