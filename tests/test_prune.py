@@ -196,6 +196,15 @@ def test_prune_help_has_an_example():
     assert done.returncode == 0 and "Example" in done.stdout and "--keep-output-tokens" in done.stdout
 
 
+def test_export_takes_a_checkpoint_folder_as_model(tmp_path):
+    both = subprocess.run([sys.executable, "-m", "llama_mobile.cli", "export", "--model", str(tmp_path),
+                           "--checkpoint", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "pass the folder once" in both.stderr
+    neither = subprocess.run([sys.executable, "-m", "llama_mobile.cli", "export", "--model", str(tmp_path / "no")],
+                             capture_output=True, text=True, timeout=120)
+    assert neither.returncode == 2 and "is not one of" in neither.stderr
+
+
 def test_pruned_guard_shapes_fit_meta_size_under_guard_int4():
     """Llama Guard 3-1B-INT4's shapes: 12 blocks, MLP 6400, output cut to the Guard tokens."""
     from llama_mobile.plan import predict_size
