@@ -174,7 +174,10 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     with progress.stage("reference"):
         from export.backends import backend_module
 
-        model = build_model(arch, context, loaded.state_dict, **backend_module(target).MODEL_OPTIONS)
+        options = dict(backend_module(target).MODEL_OPTIONS)
+        if recipe.dtype == "fp16":  # x^2 of the residual stream's outliers overflows fp16 (SmolLM2: |x|~25000)
+            options["rms_norm"] = "l2"
+        model = build_model(arch, context, loaded.state_dict, **options)
         loaded.state_dict = {}  # the model owns the tensors now; nothing holds a second reference
         token_ids = eval_token_ids(tokenizer, min(request.positions, context), bos_id=loaded.specials.bos_id)
         reference = reference_logits(model, token_ids) if request.validate else None
