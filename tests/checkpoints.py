@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from export.hf_loader import meta_to_hf_rope
 from export.model import expected_shapes
 from llama_mobile.architecture import Architecture
 
@@ -96,29 +95,15 @@ def write_hf(folder: Path, arch: Architecture, state: dict[str, torch.Tensor],
                                   "high_freq_factor": s.high_freq_factor,
                                   "original_max_position_embeddings": s.original_max_position}
     (folder / "config.json").write_text(json.dumps(config))
-    names = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-             "output.weight": "lm_head.weight"}
-    layer_names = {"attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight": "self_attn.k_proj.weight",
-                   "attention.wv.weight": "self_attn.v_proj.weight", "attention.wo.weight": "self_attn.o_proj.weight",
-                   "feed_forward.w1.weight": "mlp.gate_proj.weight", "feed_forward.w2.weight": "mlp.down_proj.weight",
-                   "feed_forward.w3.weight": "mlp.up_proj.weight", "attention_norm.weight": "input_layernorm.weight",
-                   "ffn_norm.weight": "post_attention_layernorm.weight"}
-    tensors = {}
-    for name, tensor in state.items():
-        if name in names:
-            hf_name = names[name]
-        else:
-            _, index, rest = name.split(".", 2)
-            hf_name = f"model.layers.{index}.{layer_names[rest]}"
-            if rest == "attention.wq.weight":
-                tensor = meta_to_hf_rope(tensor, arch.n_heads)
-            elif rest == "attention.wk.weight":
-                tensor = meta_to_hf_rope(tensor, arch.n_kv_heads)
-        tensors[hf_name] = tensor.to(dtype).contiguous()
+    from export.hf_writer import DTYPES, hf_tensors
+
+    dtype_name = next(name for name, (torch_dtype, _) in DTYPES.items() if torch_dtype == dtype)
+    tensors = hf_tensors(arch, state, dtype_name)  # the same mapping `llama-mobile prune` writes with
     save_file(tensors, str(folder / "model.safetensors"))
     write_tiny_tokenizer_json(folder / "tokenizer.json") if tokenizer_json is None else \
         (folder / "tokenizer.json").write_bytes(tokenizer_json.read_bytes())
     return folder
+
 
 # Wide enough for every shipped group size (256 divides dim, heads x head_dim and the MLP width).
 TINY_WIDE = Architecture(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=512, vocab_size=300,
