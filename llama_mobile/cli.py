@@ -159,8 +159,10 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
                                "parity": result.parity}, indent=2))
         return
     click.echo(f"bundle: {result.bundle}")
-    click.echo(f"size:   {result.size_bytes / 2**20:.1f} MiB "
-               f"(model.pte {result.manifest['files']['model.pte']['size'] / 2**20:.1f} MiB)")
+    from runtime_harness.bench import model_bytes
+
+    program = "model.pte + model.ptd" if result.manifest["runtime"].get("weights") else "model.pte"
+    click.echo(f"size:   {result.size_bytes / 2**20:.1f} MiB ({program} {model_bytes(result.manifest) / 2**20:.1f} MiB)")
     click.echo(f"time:   {sum(result.seconds.values()):.0f}s, peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
     if result.parity:
         from runtime_harness.metrics import ParityMetrics
@@ -568,7 +570,7 @@ def plan(model, recipe, device, context, as_json):
     click.echo(f"{model} / {recipe_obj.name} / context {result.context}")
     for component in result.size.components:
         click.echo(f"  {component.name:28s} {component.bytes / 2**20:10.1f} MiB  {component.detail}")
-    click.echo(f"  {'predicted model.pte':28s} {result.size.total / 2**20:10.1f} MiB")
+    click.echo(f"  {'predicted program':28s} {result.size.total / 2**20:10.1f} MiB")
     m = result.memory
     click.echo(f"runtime memory: {m.total / 2**20:.0f} MiB (weights {m.weights / 2**20:.0f}, KV cache "
                f"{m.kv_cache / 2**20:.0f}, activations ~{m.activations / 2**20:.0f})")
