@@ -71,12 +71,15 @@ def _target_reason(npu: Npu | None) -> str:
                 f"vendor SDK at export time and a PT2E recipe")
     why = npu.note if npu is not None and npu.note else "no NPU ExecuTorch targets"
     return f"{XNNPACK_DEFAULT}; NPU option: none ({why})"
-INT4_I8MM = ("8da4w-mixed (8da4w g32, int8 value projections and block 0): int8 dynamic activations x int4 weights in groups of 32 run on KleidiAI's i8mm "
+INT4_I8MM = ("8da4w-mixed (8da4w g32, int8 value projections and block 0): int8 dynamic activations x "
+             "int4 weights in groups of 32 run on KleidiAI's i8mm "
              "kernels in XNNPACK (qd8-f32-qb4w); decode is bandwidth bound and int4 reads ~7x fewer "
              "bytes than fp32")
-INT4_SME2 = ("8da4w-mixed (8da4w g32 + a few int8 layers): KleidiAI's int4 groupwise kernels (SME2 and i8mm variants) in XNNPACK; decode "
+INT4_SME2 = ("8da4w-mixed (8da4w g32 + a few int8 layers): KleidiAI's int4 groupwise kernels (SME2 and "
+             "i8mm variants) in XNNPACK; decode "
              "is bandwidth bound and int4 reads ~7x fewer bytes than fp32")
-INT4_DOTPROD = ("8da4w-mixed (8da4w g32 + a few int8 layers) despite no i8mm: XNNPACK/KleidiAI also ship dotprod int4 kernels, so prefill "
+INT4_DOTPROD = ("8da4w-mixed (8da4w g32 + a few int8 layers) despite no i8mm: XNNPACK/KleidiAI also ship "
+                "dotprod int4 kernels, so prefill "
                 "is slower than on i8mm cores but decode, which is bandwidth bound, gains most from int4's "
                 "halved bytes (8da8w reads twice as much); pick 8da8w only where prompt latency dominates")
 THREADS = "big + mid cores; little cores slow every XNNPACK parallel op down to their pace"

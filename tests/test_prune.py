@@ -1,5 +1,4 @@
 """Structured pruning on tiny models: identity, importance, each kind of pruning, distillation, errors."""
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from llama_mobile.prune_job import PruneRequest, run_prune
 from quantize.prune import attention, blocks, mlp, vocab
 from quantize.prune.distill import DistillConfig, distill
 from quantize.prune.importance import measure_importance
-from tests.checkpoints import TINY, random_state_dict, write_hf
+from tests.checkpoints import TINY, random_state_dict
 
 TINY3 = TINY.replace(n_layers=3)
 WINDOWS = [[0, *range(5 + i, 5 + i + 23)] for i in range(0, 60, 20)]

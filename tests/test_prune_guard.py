@@ -16,7 +16,6 @@ import torch
 from export.checkpoint import load_checkpoint
 from export.model import build_model
 from llama_mobile.architecture import Architecture
-from llama_mobile.prune_job import PruneRequest, run_prune
 from llama_mobile.tokenizer import Tokenizer
 from runtime_harness.guard import EagerModel, classify
 from runtime_harness.guard_prompt import format_guard_prompt
