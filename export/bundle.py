@@ -37,7 +37,7 @@ def weights_path(program: Path) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def write_payload(staging: Path, pte: bytes, tokenizer_path: Path, weights: bytes | None = None) -> Path:
+def write_payload(staging: Path, pte: bytes, tokenizer_path: Path, weights=None) -> Path:
     write_file(staging / PROGRAM_NAME, pte)
     if weights is not None:
         write_file(staging / WEIGHTS_NAME, weights)

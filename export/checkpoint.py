@@ -98,10 +98,13 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], arch: Architecture, pa
     if unexpected:
         raise CheckpointError(f"unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected in all)",
                               path=path, fix="the checkpoint is for a different architecture")
+    from export.pages import release_pages
+
     for name, tensor in state_dict.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"tensor {name!r} holds NaN or Inf values", path=path,
                                   fix="the file is corrupt: re-download or re-convert it")
+        release_pages([tensor])  # read once here; the build reads it again a block at a time
 
 
 def check_against_preset(arch: Architecture, preset_arch: Architecture, path: Path, preset: str) -> None:

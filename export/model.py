@@ -187,13 +187,19 @@ class Transformer(nn.Module):
         start_pos = input_pos[0].item()
         torch._check(start_pos >= 0)
         torch._check(start_pos + seqlen <= self.max_context)
-        cos = self.rope_cos.narrow(0, start_pos, seqlen)
-        sin = self.rope_sin.narrow(0, start_pos, seqlen)
+        cos, sin = self.rope_at(start_pos, seqlen)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, start_pos, cos, sin, self.rope_swap)
         if not self.all_logits:
             h = h[:, -1, :]
+        return self.head(h)
+
+    def rope_at(self, start_pos, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rope_cos.narrow(0, start_pos, seqlen), self.rope_sin.narrow(0, start_pos, seqlen)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and output layer: float32 logits over the whole vocabulary."""
         logits = self.output(self.norm(h)).float()
         if self.arch.output_token_ids:
             logits = self._scatter_to_vocab(logits)
@@ -215,19 +221,26 @@ def build_model(arch: Architecture, max_context: int, state_dict: dict[str, torc
                 dtype: torch.dtype = torch.float32, attention_kernel: str = "custom",
                 rms_norm: str = "mean_square") -> Transformer:
     """Build on the meta device and take the loader's tensors as they are (no second copy)."""
+    model = skeleton(arch, max_context, attention_kernel, rms_norm)
+    if arch.tied_embeddings:
+        state_dict = {**state_dict, "output.weight": state_dict["tok_embeddings.weight"]}
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    if arch.tied_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def skeleton(arch: Architecture, max_context: int, attention_kernel: str = "custom",
+             rms_norm: str = "mean_square") -> Transformer:
+    """The model's structure with its weights on the meta device (no memory), buffers real."""
     if attention_kernel not in ("custom", "sdpa"):
         raise ValueError(f"attention_kernel must be 'custom' or 'sdpa', not {attention_kernel!r}")
     if rms_norm not in RMS_NORMS:
         raise ValueError(f"rms_norm must be one of {RMS_NORMS}, not {rms_norm!r}")
     with torch.device("meta"):
         model = Transformer(arch, max_context, attention_kernel, rms_norm)
-    if arch.tied_embeddings:
-        state_dict = {**state_dict, "output.weight": state_dict["tok_embeddings.weight"]}
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    if arch.tied_embeddings:
-        model.output.weight = model.tok_embeddings.weight
     _materialise_buffers(model, arch, max_context)
-    return model.to(dtype).eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
 def _materialise_buffers(model: Transformer, arch: Architecture, max_context: int) -> None:

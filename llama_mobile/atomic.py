@@ -43,11 +43,15 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise _output_error(exc, path) from None
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """A file inside a staging folder: the folder's rename is what makes it visible."""
+def write_file(path: Path, data) -> None:
+    """A file inside a staging folder: the folder's rename is what makes it visible. ``data`` is bytes
+    or anything with ``write_to_file(handle)`` (ExecuTorch's Cord: a large file in pieces)."""
     try:
         with open(path, "wb") as handle:
-            handle.write(data)
+            if hasattr(data, "write_to_file"):
+                data.write_to_file(handle)
+            else:
+                handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""The export job: check -> load -> reference -> quantize -> lower -> bundle (with the parity gate)."""
+"""The export job: check -> load -> build (reference + quantize) -> lower -> bundle (with the parity gate)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +14,7 @@ from llama_mobile.progress import Progress, peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
-STAGES = ("check", "load", "reference", "quantize", "lower", "bundle")
+STAGES = ("check", "load", "build", "lower", "bundle")
 
 
 @dataclass
@@ -130,8 +130,9 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
                                write_payload)
     from export.checkpoint import load_checkpoint
     from export.lower import lower, runner_metadata
-    from export.model import build_model, load_custom_ops
-    from quantize.apply import quantize_model
+    from export.model import build_model, load_custom_ops, skeleton
+    from export.stream_build import fill_streaming
+    from quantize.apply import PartQuantizer
     from quantize.recipe import check_recipe_fits
     from llama_mobile.devices import get_device
     from runtime_harness.guard_prompt import guard_template_for_manifest as guard_template
@@ -171,25 +172,31 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         progress.note(f"{loaded.preset}: {arch.n_layers} blocks, dim {arch.dim}, "
                       f"{arch.param_count() / 1e6:.0f}M parameters, context {context}")
     load_custom_ops()
-    with progress.stage("reference"):
+    with progress.stage("build", f"{recipe.name}, a block at a time" if recipe.pt2e is None else recipe.name):
         from export.backends import backend_module
 
         options = dict(backend_module(target).MODEL_OPTIONS)
         if recipe.dtype == "fp16":  # x^2 of the residual stream's outliers overflows fp16 (SmolLM2: |x|~25000)
             options["rms_norm"] = "l2"
-        model = build_model(arch, context, loaded.state_dict, **options)
-        loaded.state_dict = {}  # the model owns the tensors now; nothing holds a second reference
         token_ids = eval_token_ids(tokenizer, min(request.positions, context), bos_id=loaded.specials.bos_id)
-        reference = reference_logits(model, token_ids) if request.validate else None
-    with progress.stage("quantize", recipe.name):
         pt2e_record = {}
         if recipe.pt2e is not None:  # the backend's quantizer, calibrated on the evaluation tokens
             from quantize.pt2e import quantize_for_target
 
+            model = build_model(arch, context, loaded.state_dict, **options)
+            loaded.state_dict = {}  # the model owns the tensors now; nothing holds a second reference
+            reference = reference_logits(model, token_ids) if request.validate else None
             model, pt2e_record, torchao_configs = *quantize_for_target(model, recipe, target, token_ids,
                                                                        min(context, 256)), {}
-        else:
-            torchao_configs = quantize_model(model, recipe, tied=arch.tied_embeddings)
+        else:  # float weights of one block at a time: the peak is the quantized model plus one block
+            model = skeleton(arch, context, **options)
+            quantizer = PartQuantizer(model, recipe, tied=arch.tied_embeddings)
+            reference = fill_streaming(model, loaded.state_dict, quantize_part=quantizer.quantize,
+                                       token_ids=token_ids if request.validate else None,
+                                       on_part=lambda part: progress.note(f"{part} done (peak RSS "
+                                                                          f"{peak_rss_bytes() / 2**30:.2f} GiB)"))
+            loaded.state_dict = {}
+            torchao_configs = quantizer.finish()
         if target.backend == "xnnpack" and recipe.dtype != "fp32":  # Core ML takes precision as a compile spec
             import torch
 
@@ -207,7 +214,8 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         apple = request.device is not None and get_device(request.device).vendor == "Apple"
         external_weights = (target.backend == "xnnpack" and arch.tied_embeddings
                             and not (request.single_file or apple))
-        lowered = lower(model, target, metadata, max_seq_len, external_weights=external_weights)
+        lowered = lower(model, target, metadata, max_seq_len, external_weights=external_weights,
+                        consume=not simulate)
         if not simulate:
             del model
         progress.note(f"{lowered.delegated_calls} delegated calls; outside delegates: "

@@ -4,20 +4,30 @@ from __future__ import annotations
 from llama_mobile.architecture import Architecture
 from llama_mobile.errors import ResourceError
 
-# peak RSS ~= BASE + PER_FLOAT_BYTE * fp32 model bytes + PER_PROGRAM_BYTE * predicted .pte bytes,
-# fitted to three measured exports on this project's 2-core/24 GiB machine:
-#   SmolLM2-135M fp32 3.26 GiB, SmolLM2-135M 8da4w 1.80 GiB, Llama 3.2 1B shapes llama3.2-quantized 7.42 GiB.
-BASE_BYTES = 1.23e9
-PER_FLOAT_BYTE = 0.74
-PER_PROGRAM_BYTE = 2.87
+# The export reads the checkpoint memory-mapped and builds, scores and quantizes one block at a time,
+# so the float model never exists whole; the peak is the quantized model plus the lowering. Modelled as
+#   BASE + PER_LAYER * blocks + PER_PROGRAM_BYTE * program bytes + PER_QUANTIZED_WEIGHT * quantized weights
+# (the FX graphs grow with the blocks; XNNPACK's packed copy and the serialized program with the
+# program; torchao holds every quantized weight unpacked, one byte each, until lowering has packed it).
+# Least-squares fit to exports measured on this project's 2-core/24 GiB machine (BENCHMARKS.md), all
+# within 6%: SmolLM2-135M 8da4w-mixed 1.99 GiB and fp32 2.15 GiB, Llama 3.2 1B shapes 8da4w 3.67 GiB,
+# 3B shapes 8da4w 7.91 GiB.
+BASE_BYTES = 0.8e9
+PER_LAYER_BYTES = 35.6e6
+PER_PROGRAM_BYTE = 0.79
+PER_QUANTIZED_WEIGHT = 1.35
 
 
 def export_peak_bytes(arch: Architecture, recipe, context: int) -> int:
-    from llama_mobile.plan import predict_size
+    from llama_mobile.plan import linear_shapes, predict_size
 
-    # Fitted when tied matrices were stored twice; the exporter still holds both while lowering.
-    program = predict_size(arch, recipe, context, tied_stored_once=False).total
-    return int(BASE_BYTES + PER_FLOAT_BYTE * arch.param_count() * 4 + PER_PROGRAM_BYTE * program)
+    program = predict_size(arch, recipe, context).total
+    quantized = sum(rows * cols for name, (rows, cols) in linear_shapes(arch).items()
+                    if not recipe.quant_for(name).is_float)
+    if not recipe.embedding.is_float and not (arch.tied_embeddings and recipe.shares_tied_weights()):
+        quantized += arch.vocab_size * arch.dim
+    return int(BASE_BYTES + PER_LAYER_BYTES * arch.n_layers + PER_PROGRAM_BYTE * program
+               + PER_QUANTIZED_WEIGHT * quantized)
 
 
 def available_bytes() -> int | None:

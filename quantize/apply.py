@@ -43,33 +43,65 @@ def quantize_model(model: nn.Module, recipe: Recipe, tied: bool = False) -> dict
     With ``tied`` (the output layer reuses the embedding matrix) and a recipe that stores both the same
     way, the quantized output weight also serves the embedding lookup, so the file can hold it once.
     """
+    quantizer = PartQuantizer(model, recipe, tied)
+    quantizer.quantize("")
+    return quantizer.finish()
+
+
+class PartQuantizer:
+    """Quantizes a model one part (module name prefix) at a time, so a model can be built, scored and
+    quantized block by block without ever holding all of its float weights."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, tied: bool = False):
+        self.model, self.recipe = model, recipe
+        self.share = tied and recipe.shares_tied_weights() and not recipe.embedding.is_float
+        self.applied: dict[str, dict] = {}
+        self._by_scheme: dict[LayerQuant, list[str]] = defaultdict(list)
+
+    def quantize(self, prefix: str) -> None:
+        """Quantize the embeddings and linears named ``prefix`` or under it ("" is the whole model)."""
+        from torchao.quantization import quantize_
+
+        from quantize.rowwise import rowwise_quantizers
+
+        def inside(name: str) -> bool:
+            return not prefix or name == prefix or name.startswith(prefix + ".")
+
+        embedding_config = torchao_config(self.recipe.embedding, embedding=True)
+        embeddings = {n for n, m in self.model.named_modules() if isinstance(m, nn.Embedding) and inside(n)}
+        if embedding_config is not None and not self.share and embeddings:
+            with rowwise_quantizers():
+                quantize_(self.model, embedding_config, filter_fn=lambda m, fqn: fqn in embeddings)
+            self.applied["embedding:" + ",".join(sorted(embeddings))] = _config_dict(embedding_config)
+        by_scheme: dict[LayerQuant, list[str]] = defaultdict(list)
+        for name in linear_in_features(self.model):
+            if inside(name):
+                by_scheme[self.recipe.quant_for(name)].append(name)
+        for quant, names in by_scheme.items():
+            config = torchao_config(quant)
+            if config is None:
+                continue
+            selected = set(names)
+            log.debug("quantizing %d linear layers as %s (group %s)", len(names), quant.scheme, quant.group_size)
+            with rowwise_quantizers():
+                quantize_(self.model, config, filter_fn=lambda m, fqn, selected=selected: fqn in selected)
+            self._by_scheme[quant].extend(names)
+        if self.share and inside("output"):
+            self.model.tok_embeddings.weight = self.model.output.weight  # torchao's embedding dequantizes it row by row
+            self.applied["embedding:tok_embeddings"] = {"shared_with": "output"}
+
+    def finish(self) -> dict[str, dict]:
+        """Check nothing was left in float by accident; the configs applied, for the manifest."""
+        for quant, names in self._by_scheme.items():
+            self.applied["linear:" + _describe(names)] = _config_dict(torchao_config(quant))
+        _check_all_quantized(self.model, self.recipe)
+        return self.applied
+
+
+def _config_dict(config) -> dict:
     from torchao.core.config import config_to_dict
-    from torchao.quantization import quantize_
 
-    applied: dict[str, dict] = {}
-    share = tied and recipe.shares_tied_weights() and not recipe.embedding.is_float
-    embedding_config = torchao_config(recipe.embedding, embedding=True)
-    if embedding_config is not None and not share:
-        names = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
-        quantize_(model, embedding_config, filter_fn=lambda m, fqn: fqn in names)
-        applied["embedding:" + ",".join(sorted(names))] = config_to_dict(embedding_config)
-
-    by_scheme: dict[LayerQuant, list[str]] = defaultdict(list)
-    for name in linear_in_features(model):
-        by_scheme[recipe.quant_for(name)].append(name)
-    for quant, names in by_scheme.items():
-        config = torchao_config(quant)
-        if config is None:
-            continue
-        selected = set(names)
-        log.info("quantizing %d linear layers as %s (group %s)", len(names), quant.scheme, quant.group_size)
-        quantize_(model, config, filter_fn=lambda m, fqn: fqn in selected)
-        applied["linear:" + _describe(names)] = config_to_dict(config)
-    if share:
-        model.tok_embeddings.weight = model.output.weight  # torchao's embedding dequantizes it row by row
-        applied["embedding:tok_embeddings"] = {"shared_with": "output"}
-    _check_all_quantized(model, recipe)
-    return applied
+    return config_to_dict(config)
 
 
 def _describe(names: list[str]) -> str:

@@ -32,13 +32,15 @@ def test_memory_preflight_matches_measured_exports_and_refuses(monkeypatch):
 
     smol = MODEL_PRESETS["smollm2-135m-instruct"].architecture
     one_b = MODEL_PRESETS["llama3.2-1b"].architecture
-    measured = [(smol, "fp32", 512, 3.26), (smol, "8da4w", 512, 1.80), (one_b, "llama3.2-quantized", 2048, 7.42)]
+    three_b = MODEL_PRESETS["llama3.2-3b"].architecture
+    measured = [(smol, "fp32", 512, 2.15), (smol, "8da4w-mixed", 2048, 1.99), (one_b, "8da4w", 2048, 3.67),
+                (three_b, "8da4w", 2048, 7.91)]
     for arch, recipe, context, gib in measured:
         estimate = preflight.export_peak_bytes(arch, load_recipe(recipe), context) / 2**30
         assert abs(estimate - gib) / gib < 0.15, (recipe, estimate, gib)
     monkeypatch.setattr(preflight, "available_bytes", lambda: 2 * 2**30)
-    with pytest.raises(ResourceError, match="needs about 7.\\d GiB of memory but 2.0 GiB"):
-        preflight.check_export_fits(one_b, load_recipe("llama3.2-quantized"), 2048)
+    with pytest.raises(ResourceError, match="needs about 3.\\d GiB of memory but 2.0 GiB"):
+        preflight.check_export_fits(one_b, load_recipe("8da4w"), 2048)
 
 
 def test_preflight_refuses_before_any_weight_is_read(monkeypatch, tmp_path):

@@ -22,7 +22,7 @@ def test_trimmed_passes_give_the_same_program_bytes(custom_ops):
         return lower(model, get_target("xnnpack"), metadata, 16, external_weights=True, fast=fast)
 
     fast, stock = lowered(True), lowered(False)
-    assert fast.pte == stock.pte and fast.weights == stock.weights
+    assert fast.pte == stock.pte and bytes(fast.weights) == bytes(stock.weights)
     assert fast.delegated_calls == stock.delegated_calls > 0
 
 
@@ -36,10 +36,35 @@ def test_only_op_specific_passes_are_skipped(custom_ops):
     with lowering_context(get_target("xnnpack")):
         trimmed = [p.__name__ for p in _passes.XNNPACKPassManager(exported).passes]
         explicit = _passes.XNNPACKPassManager(exported, passes=[_passes.ConvertToLinearPass]).passes
-    assert set(stock) - set(trimmed) == set(OP_SPECIFIC_PASSES) and "ConvertToLinearPass" in trimmed
+    assert set(stock) - set(trimmed) == set(OP_SPECIFIC_PASSES) and "PropagateCustomMetaPass" in trimmed
     assert explicit == [_passes.ConvertToLinearPass]
+
+    class MatMul(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.mm(a, b)
+
+    matmul = torch.export.export(MatMul(), (torch.ones(2, 3), torch.ones(3, 4))).run_decompositions()
+    with lowering_context(get_target("xnnpack")):
+        assert "ConvertToLinearPass" in [p.__name__ for p in _passes.XNNPACKPassManager(matmul).passes]
     conv = torch.export.export(torch.nn.Conv2d(1, 1, 3), (torch.ones(1, 1, 5, 5),))
     with lowering_context(get_target("xnnpack")):
         kept = [p.__name__ for p in _passes.XNNPACKPassManager(conv).passes]
     assert "Conv1dUnsqueezePass" in kept and "ChannelsLastTaggedReshapePass" in kept
     assert [p.__name__ for p in _passes.XNNPACKPassManager(exported).passes] == stock  # restored
+
+
+def test_partitions_are_copied_for_preprocessing_without_their_weights():
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    from export.backends.xnnpack import lowering_context
+
+    exported = torch.export.export(torch.nn.Linear(4, 4), (torch.ones(1, 4),))
+    stock = XnnpackBackend.copy_exported_program_for_preprocess(exported, [])
+    assert all(stock.state_dict[k] is not v for k, v in exported.state_dict.items())  # ExecuTorch's deepcopy
+    with lowering_context(get_target("xnnpack")):
+        copied = XnnpackBackend.copy_exported_program_for_preprocess(exported, [])
+    assert copied.graph_module is not exported.graph_module
+    assert copied.state_dict.keys() == exported.state_dict.keys()
+    assert all(copied.state_dict[k] is v for k, v in exported.state_dict.items())
+    restored = XnnpackBackend.copy_exported_program_for_preprocess(exported, [])
+    assert all(restored.state_dict[k] is not v for k, v in exported.state_dict.items())

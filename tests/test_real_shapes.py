@@ -44,3 +44,43 @@ def test_llama32_quantized_matches_metas_published_size(llama_1b_checkpoint, tmp
 
     logits = Program(result.bundle / "model.pte").forward(torch.tensor([[128000, 9906]]), 0)
     assert logits.shape == (1, 128256) and torch.isfinite(logits).all()
+
+
+@pytest.fixture(scope="module")
+def llama_3b_checkpoint(tmp_path_factory):
+    """6.4 GB of bf16, generated a tensor at a time (never 12.8 GB of float32)."""
+    from export.model import expected_shapes
+
+    arch = MODEL_PRESETS["llama3.2-3b"].architecture
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in expected_shapes(arch).items():
+        weight = torch.randn(shape, generator=generator) * (0.1 if name.endswith("norm.weight") else 0.02)
+        state[name] = (weight + 1.0 if name.endswith("norm.weight") else weight).to(torch.bfloat16)
+    folder = write_meta(tmp_path_factory.mktemp("llama3b") / "Llama3.2-3B", arch, state,
+                        tokenizer=llama3_tokenizer_model())
+    del state
+    return folder
+
+
+def test_3b_export_fits_in_12_gb(llama_3b_checkpoint, tmp_path):
+    """The issue's memory bound, measured in a process of its own (this one held the generated weights)."""
+    import json
+    import subprocess
+    import sys
+
+    from llama_mobile.preflight import export_peak_bytes
+    from quantize.recipe import load_recipe
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "llama_mobile.cli", "export", "--model", "llama3.2-3b", "--checkpoint",
+         str(llama_3b_checkpoint), "--recipe", "8da4w", "--no-validate", "-o", str(tmp_path), "--json"],
+        capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout)
+    peak = result["peak_rss_bytes"]
+    print(f"llama3.2-3b 8da4w: peak RSS {peak / 2**30:.2f} GiB, stages {result['seconds']}")
+    assert peak <= 12e9
+    arch = MODEL_PRESETS["llama3.2-3b"].architecture
+    estimate = export_peak_bytes(arch, load_recipe("8da4w"), 2048)
+    assert abs(estimate - peak) / peak < 0.15  # the preflight's model holds at 3B too

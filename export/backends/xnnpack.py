@@ -19,10 +19,9 @@ def partitioners(target: Target) -> list:
 
 
 # XNNPACK's preprocess runs every one of its passes on every partition, and each pass re-traces the
-# partition with fake tensors (~1.5% of the lowering time per pass; skipping these saves ~7% on SmolLM2
-# shapes, measured). The passes below only rewrite the ops named
-# beside them; on a partition without those ops they change nothing (the program's bytes are identical,
-# tests/test_lowering_speed.py checks it), so they are skipped there.
+# partition with fake tensors (~1.5% of the lowering time per pass, the SDPA matcher ~8%). The passes
+# below only rewrite the ops named beside them; on a partition without those ops they change nothing
+# (the program's bytes are identical, tests/test_lowering_speed.py checks it), so they are skipped there.
 OP_SPECIFIC_PASSES = {
     "ConvertToUpsampleBilinear2d": ("upsample",),
     "FuseBatchNormPass": ("batch_norm",),
@@ -32,6 +31,13 @@ OP_SPECIFIC_PASSES = {
     "InsertPadQDQPass": ("constant_pad_nd",),
     "DecomposeConcatenate": ("cat",),
     "ChannelsLastTaggedReshapePass": ("conv", "pool", "batch_norm", "upsample", "pixel_shuffle"),
+    # Matches decomposed attention (matmul, softmax); the LLM's custom_sdpa stays outside XNNPACK. Each
+    # call also re-traces its pattern graphs: the dearest pass by far on a partition without softmax.
+    "ConvertToSDPAPass": ("softmax",),
+    "ConvertToLinearPass": ("mm",),  # mm / addmm / bmm -> linear; linear itself is preserved already
+    "FuseActivationPass": ("relu", "hardtanh"),
+    "RemoveGetItemPass": ("max",),  # max_pool2d_with_indices, max.dim
+    "RemoveRedundantCopyPass": ("_to_copy",),
 }
 
 
@@ -42,8 +48,10 @@ def _op_names(exported_program) -> set[str]:
 
 @contextlib.contextmanager
 def lowering_context(target: Target):
-    """Skip XNNPACK passes whose ops a partition does not contain, for the duration of one lowering."""
+    """For the duration of one lowering: skip XNNPACK passes whose ops a partition does not contain,
+    and copy partitions for preprocessing without copying their weights."""
     from executorch.backends.xnnpack import _passes
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
     manager = _passes.XNNPACKPassManager
     original = manager.__init__
@@ -61,7 +69,23 @@ def lowering_context(target: Target):
         self.passes = [p for p in self.passes if needed(p)]
 
     manager.__init__ = trimmed_init
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(_copy_sharing_weights)
     try:
         yield
     finally:
         manager.__init__ = original
+        del XnnpackBackend.copy_exported_program_for_preprocess  # back to BackendDetails' deepcopy
+
+
+def _copy_sharing_weights(cls, edge_program, compile_specs):
+    """ExecuTorch deep-copies every partition's program before preprocessing, all partitions at once,
+    so that a backend may rewrite the graph: that copies every weight too (+2.8 GB of unpacked int8
+    for Llama 3.2 3B). XNNPACK's preprocess rewrites graphs but only reads weights (packing makes new
+    bytes), so the copy here shares the weight tensors and copies the rest."""
+    import copy
+
+    import torch
+
+    weights = [*edge_program.state_dict.values(), *edge_program.constants.values()]
+    memo = {id(tensor): tensor for tensor in weights if isinstance(tensor, torch.Tensor)}
+    return copy.deepcopy(edge_program, memo)
