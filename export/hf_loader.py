@@ -117,8 +117,11 @@ def safetensors_files(folder: Path) -> list[Path]:
 def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
+    from export.pages import settle_file
+
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
+        settle_file(file)
         try:
             with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():

@@ -52,6 +52,9 @@ def find_weights(folder: Path) -> Path:
 
 def read_pth(path: Path) -> dict[str, torch.Tensor]:
     """Never unpickles code: weights_only refuses any global that is not a tensor type."""
+    from export.pages import settle_file
+
+    settle_file(path)
     try:
         try:
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
