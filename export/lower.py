@@ -145,22 +145,8 @@ def _tagging(partitioner):
     return partitioner
 
 
-def release_weights(model: torch.nn.Module) -> None:
-    """Drop the module's own references to its parameters and buffers.
-
-    After torch.export the exported program holds the same tensors; once lowering has packed them
-    into the delegates, nothing else needs them, and without the module's references they are freed
-    then instead of at the end (2.8 GB of unpacked int8 weights for Llama 3.2 3B)."""
-    for module in model.modules():
-        for name in list(module._parameters):
-            module._parameters[name] = None
-        for name in list(module._buffers):
-            module._buffers[name] = None
-
-
 def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: int,
-          external_weights: bool = False, fast: bool = True, consume: bool = False) -> LoweredProgram:
-    """``consume``: the model is not used afterwards, and lowering may free its weights as it goes."""
+          external_weights: bool = False, fast: bool = True) -> LoweredProgram:
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from torch.export import Dim, export
@@ -178,8 +164,6 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
         with torch.no_grad():
             exported = export(model, (tokens, input_pos), dynamic_shapes=dynamic, strict=False)
         seconds["torch_export"] = time.perf_counter() - started
-        if consume:
-            release_weights(model)
         log.info("torch.export done in %.1fs; lowering to %s", seconds["torch_export"], target.name)
         started = time.perf_counter()
         with lowering_context(target, fast):
@@ -191,7 +175,6 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
                 constant_methods=metadata,
             )
         seconds["lower"] = time.perf_counter() - started
-        del exported  # its weights now live packed in the delegates
         started = time.perf_counter()
         program = edge.to_executorch(ExecutorchBackendConfig(
             extract_delegate_segments=True,

@@ -18,19 +18,18 @@ from export.model import Transformer
 from export.pages import release_pages
 
 
-def _assign(model: Transformer, prefix: str, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> list:
-    """Give the part its float weights; returns the checkpoint tensors it read."""
+def _assign(model: Transformer, prefix: str, state_dict: dict[str, torch.Tensor]) -> list:
+    """Give the part its float32 weights; returns the checkpoint tensors it read."""
     module = model.get_submodule(prefix)
     names = [name for name, _ in module.named_parameters()]
     sources = [state_dict[f"{prefix}.{name}"] for name in names]
-    module.load_state_dict({name: t.to(dtype) for name, t in zip(names, sources)}, strict=True, assign=True)
+    module.load_state_dict({name: t.to(torch.float32) for name, t in zip(names, sources)}, strict=True, assign=True)
     module.requires_grad_(False)
     return sources
 
 
 def fill_streaming(model: Transformer, state_dict: dict[str, torch.Tensor], *,
                    quantize_part: Callable[[str], None], token_ids: list[int] | None = None,
-                   dtype: torch.dtype = torch.float32,
                    on_part: Callable[[str], None] = lambda part: None) -> torch.Tensor | None:
     """Fill a ``skeleton`` with the checkpoint's weights; returns the reference logits [positions, vocab]
     of ``token_ids`` (None without them). ``quantize_part(prefix)`` quantizes what lies under the
@@ -39,7 +38,7 @@ def fill_streaming(model: Transformer, state_dict: dict[str, torch.Tensor], *,
     tokens = torch.tensor([token_ids]) if token_ids else None
     hidden = None
 
-    sources = _assign(model, "tok_embeddings", state_dict, dtype)
+    sources = _assign(model, "tok_embeddings", state_dict)
     if tokens is not None:
         hidden = model.tok_embeddings(tokens)
     if not arch.tied_embeddings:  # else the output layer's quantized matrix may serve the lookup too
@@ -50,7 +49,7 @@ def fill_streaming(model: Transformer, state_dict: dict[str, torch.Tensor], *,
     cos, sin = model.rope_at(0, tokens.shape[1]) if tokens is not None else (None, None)
     for index, layer in enumerate(model.layers):
         prefix = f"layers.{index}"
-        sources = _assign(model, prefix, state_dict, dtype)
+        sources = _assign(model, prefix, state_dict)
         if hidden is not None:
             hidden = layer(hidden, 0, cos, sin, model.rope_swap)
             layer.attention.k_cache.zero_()
@@ -59,12 +58,12 @@ def fill_streaming(model: Transformer, state_dict: dict[str, torch.Tensor], *,
         release_pages(sources)
         on_part(prefix)
 
-    sources = _assign(model, "norm", state_dict, dtype)
+    sources = _assign(model, "norm", state_dict)
     if arch.tied_embeddings:
         model.output.weight = model.tok_embeddings.weight
         sources += [state_dict["tok_embeddings.weight"]]
     else:
-        sources += _assign(model, "output", state_dict, dtype)
+        sources += _assign(model, "output", state_dict)
     reference = model.head(hidden)[0].float() if hidden is not None else None
     quantize_part("output")
     if arch.tied_embeddings:

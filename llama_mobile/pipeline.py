@@ -214,8 +214,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         apple = request.device is not None and get_device(request.device).vendor == "Apple"
         external_weights = (target.backend == "xnnpack" and arch.tied_embeddings
                             and not (request.single_file or apple))
-        lowered = lower(model, target, metadata, max_seq_len, external_weights=external_weights,
-                        consume=not simulate)
+        lowered = lower(model, target, metadata, max_seq_len, external_weights=external_weights)
         if not simulate:
             del model
         progress.note(f"{lowered.delegated_calls} delegated calls; outside delegates: "
