@@ -15,7 +15,7 @@ import torch
 
 from export.checkpoint import GGUF_FORMAT, LoadedModel, check_against_preset, describe_sources
 from export.identity import resolve_identity
-from llama_mobile.architecture import Architecture
+from llama_mobile.architecture import Architecture, RopeScaling
 from llama_mobile.errors import CheckpointError, ConfigError, TokenizerError
 from llama_mobile.presets import ModelPreset
 
@@ -27,6 +27,7 @@ _LAYER_KEYS = {
     "ffn_up": "feed_forward.w3", "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
 }
 _TOP_KEYS = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output"}
+ROPE_FREQS = "rope_freqs.weight"
 _NAME_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 
 
@@ -45,6 +46,29 @@ def _field(reader, key: str, default=None):
     return default if field is None else field.contents()
 
 
+def _shortest_float32(value: float) -> float:
+    """GGUF stores floats as float32: 1e-5 comes back as 9.99999974e-06 unless rounded like this."""
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+
+
+def rope_scaling_of(reader, head_dim: int, theta: float, path: Path) -> RopeScaling | None:
+    """llama.cpp keeps Llama 3.1's RoPE scaling as per-frequency factors (`rope_freqs`), not its parameters:
+    recover them, and refuse factors that Llama 3's scaling with its published constants does not give."""
+    from export.model import rope_scale_factors
+
+    tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
+    if tensor is None:
+        return None
+    factors = torch.from_numpy(np.asarray(tensor.data, dtype=np.float32).reshape(-1).copy())
+    scaling = RopeScaling(factor=float(factors.max()))
+    expected = rope_scale_factors(head_dim, theta, scaling)
+    if factors.shape != expected.shape or not torch.allclose(factors, expected, rtol=1e-3):
+        raise ConfigError([f"{ROPE_FREQS} is not Llama 3's RoPE scaling (factor {scaling.factor:g}, "
+                           f"original context {scaling.original_max_position})"], path=path,
+                          fix="convert a Llama 3.x model with llama.cpp, or a model without RoPE scaling")
+    return scaling
+
+
 def architecture_from_gguf(reader, path: Path) -> tuple[Architecture, int | None, tuple[int, ...] | None]:
     problems = []
     if _field(reader, "general.architecture", None) != "llama":
@@ -61,12 +85,14 @@ def architecture_from_gguf(reader, path: Path) -> tuple[Architecture, int | None
     tokens = _field(reader, "tokenizer.ggml.tokens", None)
     vocab = _field(reader, "llama.vocab_size", None) or (len(tokens) if tokens else None)
     names = {t.name for t in reader.tensors}
+    head_dim = int(values["dim"]) // int(values["n_heads"])
+    theta = float(_field(reader, "llama.rope.freq_base", 10000.0))
     arch = Architecture(
         dim=int(values["dim"]), n_layers=int(values["n_layers"]), n_heads=int(values["n_heads"]),
         n_kv_heads=int(_field(reader, "llama.attention.head_count_kv", values["n_heads"])),
         ffn_hidden=int(values["ffn_hidden"]), vocab_size=int(vocab or 0),
-        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
-        norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=theta, rope_scaling=rope_scaling_of(reader, head_dim, theta, path),
+        norm_eps=_shortest_float32(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
         tied_embeddings="output.weight" not in names,
         max_position=int(_field(reader, "llama.context_length", 8192)),
     )
@@ -80,6 +106,8 @@ def read_tensors(reader, path: Path) -> dict[str, torch.Tensor]:
 
     state: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
+        if tensor.name == ROPE_FREQS:
+            continue  # read into the architecture
         match = _NAME_RE.fullmatch(tensor.name)
         if match and match.group(2) in _LAYER_KEYS:
             suffix = _LAYER_KEYS[match.group(2)]

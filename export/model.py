@@ -36,6 +36,11 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
     return torch.where(mid, blended, scaled).float()
 
 
+def rope_scale_factors(head_dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
+    """Per frequency, unscaled / scaled: what llama.cpp stores as the `rope_freqs` tensor."""
+    return rope_frequencies(head_dim, theta, None) / rope_frequencies(head_dim, theta, scaling)
+
+
 def rope_tables(arch: Architecture, max_context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """cos/sin per position, repeated over each interleaved pair ([max_context, 1, head_dim]), and
     the pair-swap matrix R with (x @ R.T)[2i] = -x[2i+1], (x @ R.T)[2i+1] = x[2i]."""

@@ -101,3 +101,21 @@ def check_writable(folder: Path) -> None:
         raise OutputError(f"{probe_dir} is a file, not a folder", path=folder, fix="choose another -o folder")
     if not os.access(probe_dir, os.W_OK):
         raise OutputError("output location is not writable", path=folder, fix="choose a writable -o folder")
+
+
+@contextlib.contextmanager
+def temporary_path(final: Path) -> Iterator[Path]:
+    """A path beside `final` for a writer that opens files by name; renamed to `final` when the block
+    completes, removed when it fails."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise _output_error(exc, final) from None
+        raise

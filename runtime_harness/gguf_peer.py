@@ -33,11 +33,32 @@ def requantize(source: Path, destination: Path, gguf_type: str) -> Path:
     return destination
 
 
+def source_checkpoint(manifest: dict) -> Path:
+    first = Path(manifest["model"]["source"]["files"][0]["path"])
+    return first if first.suffix == ".gguf" else first.parent  # Meta and HF checkpoints are folders
+
+
 def peer_for_bundle(manifest: dict, scratch: Path) -> Path:
-    """For a bundle exported from a GGUF: the same weights through llama.cpp's quantizer."""
-    source = manifest["model"]["source"]
-    if source["format"] != "gguf":
-        raise UsageError("the bundle was not exported from a GGUF, so there is no llama.cpp source to requantize",
-                         fix="convert the checkpoint with llama.cpp and pass --vs-llama-cpp FILE.gguf")
+    """The bundle's source weights through llama.cpp's quantizer, at the type nearest its recipe.
+
+    A GGUF source is requantized directly; a Meta or Hugging Face checkpoint is first written as an
+    F16 GGUF (gguf_writer) the way llama.cpp's converter writes it."""
     gguf_type = nearest_type(manifest)
-    return requantize(Path(source["files"][0]["path"]), scratch / f"peer-{gguf_type}.gguf", gguf_type)
+    source = source_checkpoint(manifest)
+    if not source.exists():
+        raise UsageError("the checkpoint the bundle was exported from is gone", path=source,
+                         fix="pass --gguf FILE.gguf made from it by llama.cpp")
+    if manifest["model"]["source"]["format"] != "gguf":
+        from export.checkpoint import load_checkpoint
+        from llama_mobile.presets import GENERIC_MODEL, MODEL_PRESETS
+        from runtime_harness.gguf_writer import write_gguf
+
+        preset = manifest["model"]["preset"]
+        loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, source)
+        converted = write_gguf(loaded, scratch / "source-F16.gguf", name=preset)
+        del loaded
+        try:
+            return requantize(converted, scratch / f"peer-{gguf_type}.gguf", gguf_type)
+        finally:
+            converted.unlink()
+    return requantize(source, scratch / f"peer-{gguf_type}.gguf", gguf_type)

@@ -23,14 +23,14 @@ def quality_against_peer(bundle: Path, manifest: dict, gguf: Path, positions: in
     from export.checkpoint import load_checkpoint
     from export.model import build_model, load_custom_ops
     from llama_mobile.tokenizer import Tokenizer
+    from runtime_harness.gguf_peer import source_checkpoint
     from runtime_harness.metrics import compare_logits
     from runtime_harness.parity import eval_token_ids, reference_logits
     from runtime_harness.program import Program
 
     from llama_mobile.presets import GENERIC_MODEL, MODEL_PRESETS
 
-    source = Path(manifest["model"]["source"]["files"][0]["path"])
-    checkpoint = source if source.suffix == ".gguf" else source.parent  # Meta and HF checkpoints are folders
+    checkpoint = source_checkpoint(manifest)
     preset = manifest["model"]["preset"]
     loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, checkpoint)
     load_custom_ops()
