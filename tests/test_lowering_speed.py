@@ -10,7 +10,7 @@ from quantize.apply import quantize_model
 from quantize.recipe import load_recipe
 from tests.checkpoints import TINY, random_state_dict
 
-TIED = dataclasses.replace(TINY, n_layers=1, tied_embeddings=True)
+TIED = dataclasses.replace(TINY, n_layers=2, tied_embeddings=True)
 
 
 def test_trimmed_passes_give_the_same_program_bytes(custom_ops):
@@ -26,6 +26,23 @@ def test_trimmed_passes_give_the_same_program_bytes(custom_ops):
     assert fast.delegated_calls == stock.delegated_calls > 0
 
 
+def test_edge_passes_are_fused_into_two_retraces():
+    from executorch.exir import EdgeCompileConfig
+    from executorch.exir.program import _program
+
+    from export.lower import fused_edge_passes
+
+    stock, _ = _program._get_aten_to_edge_passes(EdgeCompileConfig())
+    with fused_edge_passes():
+        fused, _ = _program._get_aten_to_edge_passes(EdgeCompileConfig())
+        assert _program.OpReplacePass()(None).modified is False  # applied inside the fused pass
+    names = [type(getattr(p, "__wrapped__", p)).__name__ for p in fused]
+    assert len(stock) - len(fused) == 3
+    assert "FusedNormalizeTransposeReplaceBrokenOpsWithFunctionalOpsScalarToTensorSymToTensor" in names
+    assert names[-1] == "FusedRemoveMixedTypeOperatorsOpReplaceMemoryFormatOps"
+    assert _program.OpReplacePass.__name__ == "OpReplacePass"  # restored
+
+
 def test_only_op_specific_passes_are_skipped(custom_ops):
     from executorch.backends.xnnpack import _passes
 
@@ -36,7 +53,8 @@ def test_only_op_specific_passes_are_skipped(custom_ops):
     with lowering_context(get_target("xnnpack")):
         trimmed = [p.__name__ for p in _passes.XNNPACKPassManager(exported).passes]
         explicit = _passes.XNNPACKPassManager(exported, passes=[_passes.ConvertToLinearPass]).passes
-    assert set(stock) - set(trimmed) == set(OP_SPECIFIC_PASSES) and "PropagateCustomMetaPass" in trimmed
+    assert set(stock) - set(trimmed) == set(OP_SPECIFIC_PASSES) | {"PropagateCustomMetaPass"}
+    assert "PropagateCustomMetaWithoutRetrace" in trimmed
     assert explicit == [_passes.ConvertToLinearPass]
 
     class MatMul(torch.nn.Module):

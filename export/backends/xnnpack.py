@@ -38,6 +38,7 @@ OP_SPECIFIC_PASSES = {
     "FuseActivationPass": ("relu", "hardtanh"),
     "RemoveGetItemPass": ("max",),  # max_pool2d_with_indices, max.dim
     "RemoveRedundantCopyPass": ("_to_copy",),
+    "DimOrderOpsRevertPass": ("dim_order",),  # _to_dim_order_copy, _clone_dim_order, _empty_dim_order
 }
 
 
@@ -66,7 +67,8 @@ def lowering_context(target: Target):
             triggers = OP_SPECIFIC_PASSES.get(pass_.__name__)
             return triggers is None or any(t in op for op in ops for t in triggers)
 
-        self.passes = [p for p in self.passes if needed(p)]
+        self.passes = [_without_retrace(p) if p.__name__ == "PropagateCustomMetaPass" else p
+                       for p in self.passes if needed(p)]
 
     manager.__init__ = trimmed_init
     XnnpackBackend.copy_exported_program_for_preprocess = classmethod(_copy_sharing_weights)
@@ -75,6 +77,26 @@ def lowering_context(target: Target):
     finally:
         manager.__init__ = original
         del XnnpackBackend.copy_exported_program_for_preprocess  # back to BackendDetails' deepcopy
+
+
+def _without_retrace(propagate_custom_meta: type) -> type:
+    """XNNPACK's PropagateCustomMetaPass copies node.meta["custom"] onto q/dq nodes, then re-traces the
+    partition only to regenerate metadata, which ConstPropPass, always run after it, regenerates again."""
+
+    class PropagateCustomMetaWithoutRetrace(propagate_custom_meta):
+        def call(self, graph_module):
+            from executorch.backends.xnnpack.utils.quant_utils import is_dequant, is_quant
+            from executorch.exir.pass_base import PassResult
+
+            for node in graph_module.graph.nodes:
+                if (is_quant(node) or is_dequant(node)) and node.all_input_nodes:
+                    parent = node.args[0]
+                    if hasattr(parent, "meta") and "custom" in parent.meta:
+                        node.meta["custom"] = parent.meta["custom"]
+            graph_module.recompile()
+            return PassResult(graph_module, True)
+
+    return PropagateCustomMetaWithoutRetrace
 
 
 def _copy_sharing_weights(cls, edge_program, compile_specs):
