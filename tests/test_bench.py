@@ -40,3 +40,18 @@ def test_plot_writes_a_png_with_one_panel_per_figure(tmp_path):
 
     width, height = Image.open(path).size
     assert width > 2.5 * height  # three panels side by side
+
+
+def test_worker_peak_rss_is_its_own_not_its_parents():
+    """Linux carries ru_maxrss across execve: a worker started by a 1 GB parent reported 1 GB."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(1 << 30)  # the parent holds 1 GiB, every page touched
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    code = ("import resource; from runtime_harness.bench_worker import peak_resident_bytes; "
+            "print(peak_resident_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    assert own < 200 * 2**20 < len(ballast) <= inherited  # the stock figure includes the parent's ballast
+    del ballast
