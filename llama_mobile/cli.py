@@ -386,7 +386,8 @@ def _conversation(item, path, number) -> list[dict]:
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0))
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--vs-llama-cpp", "vs_llama_cpp", is_flag=True,
-              help="also run llama.cpp on the same weights requantized by llama.cpp (Q4_0 next to 8da4w)")
+              help="also run llama.cpp on the same weights requantized by llama.cpp (Q4_0 next to 8da4w); "
+                   "a Meta or Hugging Face Llama 3 source is first written as an F16 GGUF")
 @click.option("--gguf", type=click.Path(path_type=Path, exists=True), default=None,
               help="the llama.cpp file to compare with (implies --vs-llama-cpp)")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
