@@ -106,11 +106,15 @@ def hf_vocabulary(path: Path, vocab_size: int) -> Vocabulary:
                          fix="convert the checkpoint with llama.cpp's convert_hf_to_gguf.py and pass --gguf FILE")
     tokens = [""] * vocab_size
     types = [TOKEN_NORMAL] * vocab_size
+    # Ids past the model's vocabulary (transformers' GGUF converter appends an <|endoftext|>) have no
+    # embedding row: the model can never produce or read them.
     for token, token_id in model["vocab"].items():
-        tokens[token_id] = token
+        if token_id < vocab_size:
+            tokens[token_id] = token
     for added in data.get("added_tokens", []):
-        tokens[added["id"]] = added["content"]
-        types[added["id"]] = TOKEN_CONTROL if added.get("special") else TOKEN_NORMAL
+        if added["id"] < vocab_size:
+            tokens[added["id"]] = added["content"]
+            types[added["id"]] = TOKEN_CONTROL if added.get("special") else TOKEN_NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     return Vocabulary(tokens, types, merges)
 

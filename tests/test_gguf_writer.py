@@ -143,3 +143,15 @@ def test_llama_cpp_runs_it_to_the_reference_logits(written):
     peer = llama_cpp_logits(path, ids)
     assert torch.equal(reference.argmax(-1), peer.argmax(-1))
     assert (reference - peer).abs().max() < 0.02 * reference.abs().max()  # F16 weights
+
+
+def test_hugging_face_tokenizer_json_gives_the_same_vocabulary(written, read_back):
+    """A Llama 3 tokenizer.json (here: the one rebuilt from our GGUF) converts to the same tokens,
+    types and merges as Meta's tiktoken file."""
+    from runtime_harness.gguf_writer import hf_vocabulary, tiktoken_vocabulary
+
+    loaded, _ = written
+    from_meta = tiktoken_vocabulary(loaded.tokenizer_path, 128256, loaded.specials.names)
+    from_hf = hf_vocabulary(read_back.tokenizer_path, 128256)
+    assert from_hf.tokens == from_meta.tokens and from_hf.merges == from_meta.merges
+    assert from_hf.types == from_meta.types
