@@ -10,7 +10,8 @@ from pathlib import Path
 
 from llama_mobile.atomic import check_writable, staged_directory
 from llama_mobile.errors import ParityFailure, UsageError
-from llama_mobile.progress import Progress, peak_rss_bytes
+from llama_mobile.memory import peak_rss_bytes
+from llama_mobile.progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from llama_mobile.architecture import Architecture
 from llama_mobile.errors import ResourceError
+from llama_mobile.memory import available_bytes
 
 # The export reads the checkpoint memory-mapped and builds, scores and quantizes one block at a time,
 # so the float model never exists whole; the peak is the quantized model plus the lowering. Modelled as
@@ -28,17 +29,6 @@ def export_peak_bytes(arch: Architecture, recipe, context: int) -> int:
         quantized += arch.vocab_size * arch.dim
     return int(BASE_BYTES + PER_LAYER_BYTES * arch.n_layers + PER_PROGRAM_BYTE * program
                + PER_QUANTIZED_WEIGHT * quantized)
-
-
-def available_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def check_export_fits(arch: Architecture, recipe, context: int) -> int:

@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import resource
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from llama_mobile.memory import peak_rss_bytes
 
 
 @dataclass

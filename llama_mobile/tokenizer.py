@@ -1,6 +1,7 @@
 """The tokenizer a bundle ships, read by the same C++ code as ExecuTorch's runner (pytorch_tokenizers)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from llama_mobile.errors import TokenizerError
@@ -49,7 +50,7 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes of one token (a piece may end inside a multi-byte character)."""
         if self._bytes is None:
-            self._bytes = _hf_token_bytes(self.path) if self.kind == HF_JSON else _tiktoken_token_bytes(self.path)
+            self._bytes = _hf_token_bytes(self.path) if self.kind == HF_JSON else tiktoken_token_bytes(self.path)
         return self._bytes.get(token_id, b"")
 
     def decode(self, ids: list[int]) -> str:
@@ -57,7 +58,7 @@ class Tokenizer:
         return b"".join(self.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
 
 
-def _bytes_to_unicode() -> dict[str, int]:
+def bytes_to_unicode() -> dict[str, int]:
     """GPT-2's byte-level alphabet: the printable stand-in character of each byte."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -70,11 +71,23 @@ def _bytes_to_unicode() -> dict[str, int]:
     return {chr(code): byte for byte, code in zip(printable, codes)}
 
 
+@functools.cache
+def _byte_level_chars() -> tuple[str, ...]:
+    by_byte = {byte: char for char, byte in bytes_to_unicode().items()}
+    return tuple(by_byte[b] for b in range(256))
+
+
+def byte_level(data: bytes) -> str:
+    """Bytes as a GPT-2 byte-level token string (how tokenizer.json and GGUF vocabularies spell them)."""
+    chars = _byte_level_chars()
+    return "".join(chars[b] for b in data)
+
+
 def _hf_token_bytes(path: Path) -> dict[int, bytes]:
     import json
 
     data = json.loads(path.read_text(encoding="utf-8"))
-    alphabet = _bytes_to_unicode()
+    alphabet = bytes_to_unicode()
     table = {}
     for token, token_id in data.get("model", {}).get("vocab", {}).items():
         if all(ch in alphabet for ch in token):
@@ -86,7 +99,7 @@ def _hf_token_bytes(path: Path) -> dict[int, bytes]:
     return table
 
 
-def _tiktoken_token_bytes(path: Path) -> dict[int, bytes]:
+def tiktoken_token_bytes(path: Path) -> dict[int, bytes]:
     import base64
 
     table = {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llama_mobile.atomic import temporary_path
 from llama_mobile.errors import ResourceError
 
 PANELS = (("prefill_tps", "prefill tokens/s"), ("decode_tps", "decode tokens/s"), ("ttft_ms", "time to first token (ms)"))
@@ -36,8 +37,7 @@ def plot_report(report: dict, path: Path) -> Path:
     figure.suptitle(f"{Path(report['bundle']).name}, {report['threads']} threads, median of {report['runs']} runs",
                     fontsize=10)
     figure.tight_layout()
-    partial = path.with_name(path.name + ".partial")
-    figure.savefig(partial, format="png", dpi=110)
+    with temporary_path(path) as partial:
+        figure.savefig(partial, format="png", dpi=110)
     plt.close(figure)
-    partial.replace(path)
     return path

@@ -7,31 +7,13 @@ Prints one JSON object: prompt_tokens, generated_tokens, ttft_ms, prefill_tps, d
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
+from llama_mobile.memory import peak_rss_bytes, resident_bytes
+
 BASELINE = 0
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
-
-
-def peak_resident_bytes() -> int:
-    """This process's own high-water mark. Not ru_maxrss: Linux carries that across execve, so a worker
-    started by a large parent (the bench, after converting a 1B checkpoint) would report the parent's size."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
 
 
 def executorch_run(bundle: Path, prompt: str, new_tokens: int, threads: int) -> dict:
@@ -81,7 +63,7 @@ def main() -> None:
     prompt = Path(prompt_file).read_text(encoding="utf-8")
     run = executorch_run if kind == "executorch" else llama_cpp_run
     result = run(Path(artifact), prompt, int(new_tokens), int(threads))
-    result["peak_rss_bytes"] = peak_resident_bytes()
+    result["peak_rss_bytes"] = peak_rss_bytes()
     # What loading and running the model added on top of the interpreter and its libraries.
     result["model_rss_bytes"] = result["peak_rss_bytes"] - BASELINE
     sys.stdout.write(json.dumps(result) + "\n")

@@ -9,8 +9,6 @@ Q4_0/Q8_0 peer from it (gguf_peer.requantize).
 """
 from __future__ import annotations
 
-import base64
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from export.model import rope_scale_factors
 from llama_mobile.architecture import Architecture
 from llama_mobile.atomic import temporary_path
 from llama_mobile.errors import UsageError
-from llama_mobile.tokenizer import HF_JSON, tokenizer_kind
+from llama_mobile.tokenizer import HF_JSON, byte_level, tiktoken_token_bytes, tokenizer_kind
 
 # Meta name -> GGUF name (llama.cpp's tensor map for LLM_ARCH_LLAMA).
 LAYER_NAMES = {
@@ -51,19 +49,6 @@ def gguf_name(meta_name: str) -> str:
     return f"blk.{layer}.{LAYER_NAMES[rest]}.weight"
 
 
-@functools.cache
-def _byte_alphabet() -> tuple[str, ...]:
-    from llama_mobile.tokenizer import _bytes_to_unicode
-
-    by_byte = {byte: char for char, byte in _bytes_to_unicode().items()}
-    return tuple(by_byte[b] for b in range(256))
-
-
-def byte_level(data: bytes) -> str:
-    alphabet = _byte_alphabet()
-    return "".join(alphabet[b] for b in data)
-
-
 def tiktoken_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     """Every split of a token into two tokens, in the order of the token's rank (then of the pieces').
 
@@ -82,18 +67,15 @@ def tiktoken_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
 
 def tiktoken_vocabulary(path: Path, vocab_size: int, special_names: dict[str, int]) -> Vocabulary:
     """Tokens and merges of a tiktoken file (ranks are merge order), then the special tokens above it."""
-    ranks: dict[bytes, int] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    by_id = sorted(ranks.items(), key=lambda item: item[1])
-    tokens = [byte_level(token) for token, _ in by_id]
+    by_rank = tiktoken_token_bytes(path)
+    ranks = {token: rank for rank, token in by_rank.items()}
+    tokens = [byte_level(by_rank[rank]) for rank in sorted(by_rank)]
+    regular = len(tokens)
     merges = [f"{byte_level(left)} {byte_level(right)}" for left, right in tiktoken_merges(ranks)]
     names = {token_id: name for name, token_id in special_names.items()}
     types = [TOKEN_NORMAL] * len(tokens)
-    for token_id in range(len(tokens), vocab_size):
-        tokens.append(names.get(token_id, f"<|reserved_special_token_{token_id - len(by_id)}|>"))
+    for token_id in range(regular, vocab_size):
+        tokens.append(names.get(token_id, f"<|reserved_special_token_{token_id - regular}|>"))
         types.append(TOKEN_CONTROL)
     return Vocabulary(tokens, types, merges)
 

@@ -35,22 +35,23 @@ def test_plot_writes_a_png_with_one_panel_per_figure(tmp_path):
     path = plot_report(report, tmp_path / "bench.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    assert not list(tmp_path.glob("*.partial"))
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.png"]  # no temporary file left
     from PIL import Image  # matplotlib depends on pillow
 
     width, height = Image.open(path).size
     assert width > 2.5 * height  # three panels side by side
 
 
-def test_worker_peak_rss_is_its_own_not_its_parents():
-    """Linux carries ru_maxrss across execve: a worker started by a 1 GB parent reported 1 GB."""
+def test_peak_rss_is_the_processs_own_not_its_parents():
+    """Linux carries ru_maxrss across execve: a bench worker (or an export run by a test) started by a
+    1 GB parent reported 1 GB."""
     import subprocess
     import sys
 
     ballast = bytearray(1 << 30)  # the parent holds 1 GiB, every page touched
     ballast[::4096] = b"x" * len(ballast[::4096])
-    code = ("import resource; from runtime_harness.bench_worker import peak_resident_bytes; "
-            "print(peak_resident_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    code = ("import resource; from llama_mobile.memory import peak_rss_bytes; "
+            "print(peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
     own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                              check=True).stdout.split())
     assert own < 200 * 2**20 < len(ballast) <= inherited  # the stock figure includes the parent's ballast

@@ -39,7 +39,8 @@ def small_vocabulary(monkeypatch):
     """Writes with a 300-token byte-level vocabulary instead of Llama 3's: quick files for the checks
     that are not about the vocabulary."""
     from runtime_harness import gguf_writer
-    from runtime_harness.gguf_writer import Vocabulary, byte_level
+    from llama_mobile.tokenizer import byte_level
+    from runtime_harness.gguf_writer import Vocabulary
 
     tokens = [byte_level(bytes([b])) for b in range(256)] + [f"<|special_{i}|>" for i in range(44)]
     vocab = Vocabulary(tokens, [1] * 256 + [3] * 44, [])
