@@ -394,8 +394,13 @@ def _conversation(item, path, number) -> list[dict]:
               help="also write a PNG chart of the speeds (needs the bench extra: matplotlib)")
 @click.option("--quality", is_flag=True,
               help="with --vs-llama-cpp: also top-1 / KL / perplexity ratio of both against the FP32 source")
+@click.option("--runtime", type=click.Choice(["auto", "native", "python"]), default="auto", show_default=True,
+              help="our side: 'native' builds a C++ runner on ExecuTorch's runtime alone (what an app links; "
+                   "needs g++), 'python' uses TextLLMRunner through the Python bindings (the process holds "
+                   "torch); 'auto' is native when a compiler is found")
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, plot, quality, as_json):
+def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, plot, quality, runtime,
+          as_json):
     """Prefill and decode tokens/s, time to first token, peak RSS and size, each run in a fresh process.
 
     \b
@@ -403,6 +408,7 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --json
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --quality --plot bench.png
+      llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --runtime python
     Run it on an idle machine: llama.cpp's threads collapse when another process shares a core.
     """
     _quiet_libraries()
@@ -421,7 +427,7 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
 
         gguf = peer_for_bundle(verify_bundle(bundle), Path(tempfile.mkdtemp(prefix="llama-mobile-peer-")))
     request = BenchRequest(bundle=bundle, prompt_lengths=lengths, new_tokens=new_tokens, runs=runs,
-                           warmup=warmup, threads=threads, llama_cpp_gguf=gguf, quality=quality)
+                           warmup=warmup, threads=threads, llama_cpp_gguf=gguf, quality=quality, runtime=runtime)
     report = run_bench(request, Progress(STAGES, emit=_say))
     if plot is not None:
         from runtime_harness.bench_plot import plot_report
@@ -431,6 +437,7 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
         click.echo(json.dumps(report, indent=2))
         return
     sides = [s for s in ("executorch", "llama.cpp") if s in report]
+    click.echo(f"our side ran in the {report['runtime']} runtime")
     click.echo(f"{'prompt':>6s} {'figure':>14s}" + "".join(f"{s:>22s}" for s in sides)
                + ("        ratio" if "ratios" in report else ""))
     for length in report["executorch"]:

@@ -2,6 +2,8 @@
 
 Every measurement runs in a fresh process (peak RSS is the artifact's own), after warm-up runs;
 figures are medians with min-max spread. Ratios are ours / llama.cpp's, both from this run.
+Our side runs in the native runner (ExecuTorch's C++ runtime alone, as in an app) when a C++ compiler
+is present, else in ExecuTorch's Python bindings (TextLLMRunner), whose process also holds torch.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from llama_mobile.errors import ResourceError, RuntimeFailure
 from llama_mobile.progress import Progress
 
 STAGES = ("prepare", "executorch", "llama.cpp", "quality")
+RUNTIMES = ("auto", "native", "python")
 FIGURES = ("ttft_ms", "prefill_tps", "decode_tps", "peak_rss_bytes", "model_rss_bytes")
 HIGHER_IS_BETTER = {"prefill_tps", "decode_tps"}
 
@@ -31,6 +34,13 @@ class BenchRequest:
     threads: int = 2
     llama_cpp_gguf: Path | None = None
     quality: bool = False  # also score both sides against the FP32 reference (needs the source checkpoint)
+    runtime: str = "auto"  # our side: "native" runner, "python" bindings, or native when a compiler exists
+
+
+@dataclass
+class Prompt:
+    text_file: Path  # for TextLLMRunner and llama.cpp, which tokenize it themselves
+    token_ids: list[int]  # for the native runner
 
 
 def model_bytes(manifest: dict) -> int:
@@ -40,15 +50,30 @@ def model_bytes(manifest: dict) -> int:
     return sum(manifest["files"][name]["size"] for name in names)
 
 
-def prompt_of_length(tokenizer, n_tokens: int) -> str:
+def prompt_of_length(tokenizer, n_tokens: int) -> list[int]:
     from runtime_harness.parity import CORPUS
 
-    ids = tokenizer.encode(CORPUS.read_text(encoding="utf-8"))[:n_tokens]
-    return tokenizer.decode(ids)
+    return tokenizer.encode(CORPUS.read_text(encoding="utf-8"))[:n_tokens]
 
 
-def measure(kind: str, artifact: Path, prompt_file: Path, new_tokens: int, threads: int) -> dict:
-    command = [sys.executable, "-m", "runtime_harness.bench_worker", kind, str(artifact), str(prompt_file),
+def resolve_runtime(requested: str) -> str:
+    from runtime_harness.native_runner import compiler
+
+    if requested not in RUNTIMES:
+        raise ValueError(f"runtime {requested!r} is not one of {RUNTIMES}")
+    if requested == "auto":
+        return "native" if compiler() else "python"
+    return requested
+
+
+def measure(kind: str, artifact: Path, prompt: Prompt, new_tokens: int, threads: int) -> dict:
+    if kind == "native":
+        from llama_mobile.manifest import read_manifest
+        from runtime_harness.native_runner import run
+
+        program = artifact / read_manifest(artifact)["runtime"]["program"]
+        return run(program, prompt.token_ids, new_tokens, threads)
+    command = [sys.executable, "-m", "runtime_harness.bench_worker", kind, str(artifact), str(prompt.text_file),
                str(new_tokens), str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
                           cwd=Path(__file__).resolve().parent.parent)
@@ -68,12 +93,12 @@ def summarise(samples: list[dict]) -> dict:
     return out
 
 
-def run_side(kind: str, artifact: Path, prompts: dict[int, Path], request: BenchRequest) -> dict:
+def run_side(kind: str, artifact: Path, prompts: dict[int, Prompt], request: BenchRequest) -> dict:
     results = {}
-    for length, prompt_file in prompts.items():
+    for length, prompt in prompts.items():
         for _ in range(request.warmup):
-            measure(kind, artifact, prompt_file, request.new_tokens, request.threads)
-        samples = [measure(kind, artifact, prompt_file, request.new_tokens, request.threads)
+            measure(kind, artifact, prompt, request.new_tokens, request.threads)
+        samples = [measure(kind, artifact, prompt, request.new_tokens, request.threads)
                    for _ in range(request.runs)]
         results[str(length)] = summarise(samples)
     return results
@@ -100,13 +125,21 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
             if length + request.new_tokens >= manifest["runtime"]["context_length"]:
                 raise ResourceError(f"prompt {length} + {request.new_tokens} new tokens exceed the context",
                                     path=request.bundle, fix="use shorter --prompt-lengths")
-            prompts[length] = scratch / f"prompt-{length}.txt"
-            prompts[length].write_text(prompt_of_length(tokenizer, length), encoding="utf-8")
-    report = {"bundle": str(request.bundle), "threads": request.threads, "runs": request.runs,
+            ids = prompt_of_length(tokenizer, length)
+            prompts[length] = Prompt(scratch / f"prompt-{length}.txt", ids)
+            prompts[length].text_file.write_text(tokenizer.decode(ids), encoding="utf-8")
+        runtime = resolve_runtime(request.runtime)
+        if runtime == "native":
+            from runtime_harness.native_runner import build
+
+            progress.note("building the native runner (once per ExecuTorch version)")
+            build()
+    report = {"bundle": str(request.bundle), "runtime": runtime, "threads": request.threads, "runs": request.runs,
               "warmup": request.warmup, "new_tokens": request.new_tokens,
               "size_bytes": {"executorch": model_bytes(manifest)}}
     with progress.stage("executorch", f"{len(prompts)} prompt lengths x {request.runs} runs"):
-        report["executorch"] = run_side("executorch", request.bundle, prompts, request)
+        report["executorch"] = run_side("native" if runtime == "native" else "executorch", request.bundle,
+                                        prompts, request)
     if request.llama_cpp_gguf:
         with progress.stage("llama.cpp", str(request.llama_cpp_gguf)):
             report["llama.cpp"] = run_side("llama.cpp", request.llama_cpp_gguf, prompts, request)

@@ -2,7 +2,9 @@
 
     python -m runtime_harness.bench_worker executorch BUNDLE PROMPT_FILE NEW_TOKENS THREADS
     python -m runtime_harness.bench_worker llama.cpp GGUF PROMPT_FILE NEW_TOKENS THREADS
-Prints one JSON object: prompt_tokens, generated_tokens, ttft_ms, prefill_tps, decode_tps, peak_rss_bytes.
+Prints one JSON object: prompt_tokens, generated_tokens, ttft_ms, prefill_tps, decode_tps, peak_rss_bytes
+(and, from llama.cpp, the greedy tokens). Our side runs here through TextLLMRunner with `--runtime python`;
+the native runner (runtime_harness/native_runner.py) is its own process.
 """
 from __future__ import annotations
 
@@ -36,6 +38,14 @@ def executorch_run(bundle: Path, prompt: str, new_tokens: int, threads: int) -> 
             "decode_tps": s.decode_tokens_per_s}
 
 
+def llama_cpp_last_logits(llm):
+    """The last evaluated position's logits. Llama.scores is only filled with logits_all=True (and has
+    n_batch rows otherwise), so read the context's own buffer, as llama.cpp's samplers do."""
+    import numpy as np
+
+    return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+
+
 def llama_cpp_run(gguf: Path, prompt: str, new_tokens: int, threads: int) -> dict:
     from llama_cpp import Llama
 
@@ -46,16 +56,17 @@ def llama_cpp_run(gguf: Path, prompt: str, new_tokens: int, threads: int) -> dic
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
     started = time.perf_counter()
     llm.eval(tokens)
+    generated = [int(llama_cpp_last_logits(llm).argmax())]  # the first token comes out of prefill
     prefill_s = time.perf_counter() - started
-    generated = 0
     decode_started = time.perf_counter()
     for _ in range(new_tokens - 1):
-        token = int(llm.scores[llm.n_tokens - 1].argmax())
-        llm.eval([token])
-        generated += 1
+        llm.eval([generated[-1]])
+        generated.append(int(llama_cpp_last_logits(llm).argmax()))
     decode_s = time.perf_counter() - decode_started
-    return {"prompt_tokens": len(tokens), "generated_tokens": generated + 1, "ttft_ms": prefill_s * 1000,
-            "prefill_tps": len(tokens) / prefill_s, "decode_tps": generated / decode_s if decode_s else 0.0}
+    decoded = len(generated) - 1
+    return {"prompt_tokens": len(tokens), "generated_tokens": len(generated), "ttft_ms": prefill_s * 1000,
+            "prefill_tps": len(tokens) / prefill_s, "decode_tps": decoded / decode_s if decode_s else 0.0,
+            "tokens": generated}
 
 
 def main() -> None:

@@ -18,8 +18,10 @@ def test_medians_spread_and_ratios():
 
 
 def test_bench_runs_the_bundle_in_fresh_processes(tiny_fp32_bundle):
+    """Through TextLLMRunner in the Python bindings (the native runner has its own tests)."""
     report = run_bench(BenchRequest(bundle=tiny_fp32_bundle.bundle, prompt_lengths=(8,), new_tokens=8, runs=1,
-                                    warmup=0, threads=1))
+                                    warmup=0, threads=1, runtime="python"))
+    assert report["runtime"] == "python"
     figures = report["executorch"]["8"]
     assert figures["decode_tps"]["median"] > 0 and figures["peak_rss_bytes"]["median"] > 0
     assert report["size_bytes"]["executorch"] == tiny_fp32_bundle.manifest["files"]["model.pte"]["size"]
