@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_mobile.errors import ResourceError, RuntimeFailure
+from llama_mobile.errors import ResourceError, RuntimeFailure, UsageError
 from llama_mobile.progress import Progress
 
 STAGES = ("prepare", "executorch", "llama.cpp", "quality")
@@ -56,13 +56,27 @@ def prompt_of_length(tokenizer, n_tokens: int) -> list[int]:
     return tokenizer.encode(CORPUS.read_text(encoding="utf-8"))[:n_tokens]
 
 
-def resolve_runtime(requested: str) -> str:
+def native_unsupported(manifest: dict) -> str | None:
+    """Why the native runner cannot run this bundle, or None: it links XNNPACK only, and its two LLM
+    ops are float32."""
+    backend, dtype = manifest["target"]["backend"], manifest["recipe"].get("dtype", "fp32")
+    if backend != "xnnpack":
+        return f"the native runner has no {backend} backend"
+    if dtype != "fp32":
+        return f"the native runner's attention ops are float32, this program is {dtype}"
+    return None
+
+
+def resolve_runtime(requested: str, manifest: dict, bundle: Path | None = None) -> str:
     from runtime_harness.native_runner import compiler
 
     if requested not in RUNTIMES:
         raise ValueError(f"runtime {requested!r} is not one of {RUNTIMES}")
     if requested == "auto":
-        return "native" if compiler() else "python"
+        return "native" if compiler() and native_unsupported(manifest) is None else "python"
+    if requested == "native" and native_unsupported(manifest):
+        raise UsageError(native_unsupported(manifest), path=str(bundle) if bundle else None,
+                         fix="use --runtime python")
     return requested
 
 
@@ -128,7 +142,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
             ids = prompt_of_length(tokenizer, length)
             prompts[length] = Prompt(scratch / f"prompt-{length}.txt", ids)
             prompts[length].text_file.write_text(tokenizer.decode(ids), encoding="utf-8")
-        runtime = resolve_runtime(request.runtime)
+        runtime = resolve_runtime(request.runtime, manifest, request.bundle)
         if runtime == "native":
             from runtime_harness.native_runner import build
 

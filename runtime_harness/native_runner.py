@@ -118,7 +118,10 @@ def run(program: Path, token_ids: list[int], new_tokens: int, threads: int, *,
     finally:
         os.unlink(handle.name)
     if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.startswith(("bench_runner:", "E "))]
-        raise RuntimeFailure(f"the native runner failed ({(lines or ['no output'])[-1]})", path=str(program),
-                             fix="run `llama-mobile generate` on the bundle to see the error")
+        # ExecuTorch's error lines ("E 00:00:00.000 file.cpp:12] why") say why; the runner's own says where.
+        errors = [line.split("] ", 1)[-1] for line in done.stderr.splitlines() if line.startswith("E ")]
+        ours = [line for line in done.stderr.splitlines() if line.startswith("bench_runner:")]
+        reason = "; ".join(errors[:1] + ours[-1:]) or "no output"
+        raise RuntimeFailure(f"the native runner failed ({reason})", path=str(program),
+                             fix="run `llama-mobile generate` on the bundle, or bench it with --runtime python")
     return json.loads(done.stdout.strip().splitlines()[-1])

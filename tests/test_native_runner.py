@@ -91,4 +91,22 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
     assert "--runtime python" in caught.value.fix
     from runtime_harness.bench import resolve_runtime
 
-    assert resolve_runtime("auto") == "python"
+    assert resolve_runtime("auto", XNNPACK_FP32) == "python"
+
+
+XNNPACK_FP32 = {"target": {"backend": "xnnpack"}, "recipe": {"dtype": "fp32"}}
+
+
+def test_bundles_the_native_runner_cannot_run_go_to_the_python_runtime():
+    from llama_mobile.errors import UsageError
+    from runtime_harness.bench import resolve_runtime
+
+    assert resolve_runtime("auto", XNNPACK_FP32) == "native"
+    fp16 = {"target": {"backend": "xnnpack"}, "recipe": {"dtype": "fp16"}}
+    coreml = {"target": {"backend": "coreml"}, "recipe": {"dtype": "fp16"}}
+    assert resolve_runtime("auto", fp16) == resolve_runtime("auto", coreml) == "python"
+    with pytest.raises(UsageError, match="attention ops are float32, this program is fp16") as caught:
+        resolve_runtime("native", fp16)
+    assert caught.value.fix == "use --runtime python"
+    with pytest.raises(UsageError, match="no coreml backend"):
+        resolve_runtime("native", coreml)

@@ -70,6 +70,8 @@ Tensor& update_cache_out(KernelRuntimeContext& ctx, const Tensor& value, const T
                             value.size(3) == cache.size(3);
   const int64_t seq_len = value.size(1);
   if (!shapes_match || start_pos < 0 || start_pos + seq_len > cache.size(1)) {
+    ET_LOG(Error, "llama::update_cache: needs float32 [B,S,H,D] tensors that fit the cache at %lld",
+           static_cast<long long>(start_pos));
     ctx.fail(Error::InvalidArgument);
     return out;
   }
@@ -161,6 +163,8 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
   const int64_t context = k_cache.size(1), kv_heads = k_cache.size(2);
   if (!supported || start_pos < 0 || start_pos + seq_len > context ||
       executorch::runtime::resize_tensor(out, q.sizes()) != Error::Ok) {
+    ET_LOG(Error, "llama::custom_sdpa: needs float32 [B,S,H,D] tensors, no mask or dropout, and a "
+           "query that fits the cache at %lld", static_cast<long long>(start_pos));
     ctx.fail(Error::InvalidArgument);
     return out;
   }
