@@ -1,7 +1,8 @@
 """`llama-mobile bench`: speed, memory and size of a bundle, optionally against llama.cpp in the same run.
 
 Every measurement runs in a fresh process (peak RSS is the artifact's own), after warm-up runs;
-figures are medians with min-max spread. Ratios are ours / llama.cpp's, both from this run.
+figures are medians with min-max spread. Ratios are ours / llama.cpp's, both from this run, with the
+two sides' runs interleaved so that a machine whose speed drifts (a shared VM) shifts both alike.
 Our side runs in the native runner (ExecuTorch's C++ runtime alone, as in an app) when a C++ compiler
 is present, else in ExecuTorch's Python bindings (TextLLMRunner), whose process also holds torch.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from llama_mobile.errors import ResourceError, RuntimeFailure, UsageError
 from llama_mobile.progress import Progress
 
-STAGES = ("prepare", "executorch", "llama.cpp", "quality")
+STAGES = ("prepare", "measure", "quality")
 RUNTIMES = ("auto", "native", "python")
 FIGURES = ("ttft_ms", "prefill_tps", "decode_tps", "peak_rss_bytes", "model_rss_bytes")
 HIGHER_IS_BETTER = {"prefill_tps", "decode_tps"}
@@ -107,15 +108,22 @@ def summarise(samples: list[dict]) -> dict:
     return out
 
 
-def run_side(kind: str, artifact: Path, prompts: dict[int, Prompt], request: BenchRequest) -> dict:
-    results = {}
+def run_sides(sides: dict[str, tuple[str, Path]], prompts: dict[int, Prompt], request: BenchRequest,
+              progress: Progress) -> dict[str, dict]:
+    """sides: report key -> (worker kind, artifact). Per prompt length: warm-ups, then run i of every
+    side before run i + 1 of any."""
+    samples: dict[str, dict[str, list]] = {side: {} for side in sides}
     for length, prompt in prompts.items():
         for _ in range(request.warmup):
-            measure(kind, artifact, prompt, request.new_tokens, request.threads)
-        samples = [measure(kind, artifact, prompt, request.new_tokens, request.threads)
-                   for _ in range(request.runs)]
-        results[str(length)] = summarise(samples)
-    return results
+            for kind, artifact in sides.values():
+                measure(kind, artifact, prompt, request.new_tokens, request.threads)
+        for run in range(request.runs):
+            progress.note(f"prompt {length}: run {run + 1} of {request.runs}")
+            for side, (kind, artifact) in sides.items():
+                samples[side].setdefault(str(length), []).append(
+                    measure(kind, artifact, prompt, request.new_tokens, request.threads))
+    return {side: {length: summarise(runs) for length, runs in by_length.items()}
+            for side, by_length in samples.items()}
 
 
 def ratios(ours: dict, peer: dict) -> dict:
@@ -151,15 +159,15 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
     report = {"bundle": str(request.bundle), "runtime": runtime, "threads": request.threads, "runs": request.runs,
               "warmup": request.warmup, "new_tokens": request.new_tokens,
               "size_bytes": {"executorch": model_bytes(manifest)}}
-    with progress.stage("executorch", f"{len(prompts)} prompt lengths x {request.runs} runs"):
-        report["executorch"] = run_side("native" if runtime == "native" else "executorch", request.bundle,
-                                        prompts, request)
+    sides = {"executorch": ("native" if runtime == "native" else "executorch", request.bundle)}
     if request.llama_cpp_gguf:
-        with progress.stage("llama.cpp", str(request.llama_cpp_gguf)):
-            report["llama.cpp"] = run_side("llama.cpp", request.llama_cpp_gguf, prompts, request)
-            report["size_bytes"]["llama.cpp"] = request.llama_cpp_gguf.stat().st_size
-            report["ratios"] = ratios(report["executorch"], report["llama.cpp"])
-            report["ratios_size"] = report["size_bytes"]["executorch"] / report["size_bytes"]["llama.cpp"]
+        sides["llama.cpp"] = ("llama.cpp", request.llama_cpp_gguf)
+    with progress.stage("measure", f"{' and '.join(sides)}: {len(prompts)} prompt lengths x {request.runs} runs"):
+        report.update(run_sides(sides, prompts, request, progress))
+    if request.llama_cpp_gguf:
+        report["size_bytes"]["llama.cpp"] = request.llama_cpp_gguf.stat().st_size
+        report["ratios"] = ratios(report["executorch"], report["llama.cpp"])
+        report["ratios_size"] = report["size_bytes"]["executorch"] / report["size_bytes"]["llama.cpp"]
         if request.quality:
             with progress.stage("quality", "both sides against the FP32 reference"):
                 from runtime_harness.peer_quality import quality_against_peer

@@ -10,6 +10,12 @@ PANELS = (("prefill_tps", "prefill tokens/s"), ("decode_tps", "decode tokens/s")
 COLOURS = {"executorch": "#3b6ea5", "llama.cpp": "#c26b2f"}
 
 
+def _label(report: dict, side: str) -> str:
+    if side == "executorch" and "runtime" in report:
+        return f"llama-mobile ({report['runtime']} runtime)"
+    return side
+
+
 def plot_report(report: dict, path: Path) -> Path:
     """Bars of the median with min-max whiskers; written to a temporary name, then renamed."""
     try:
@@ -29,7 +35,7 @@ def plot_report(report: dict, path: Path) -> Path:
             medians = [s["median"] for s in stats]
             errors = [[m - s["min"] for m, s in zip(medians, stats)], [s["max"] - m for m, s in zip(medians, stats)]]
             positions = [x + (i - (len(sides) - 1) / 2) * width for x in range(len(lengths))]
-            axis.bar(positions, medians, width, yerr=errors, capsize=3, label=side, color=COLOURS[side])
+            axis.bar(positions, medians, width, yerr=errors, capsize=3, label=_label(report, side), color=COLOURS[side])
         axis.set_xticks(range(len(lengths)), [f"{length} tok" for length in lengths])
         axis.set_title(title, fontsize=10)
         axis.grid(axis="y", alpha=0.3)

@@ -58,3 +58,24 @@ def test_peak_rss_is_the_processs_own_not_its_parents():
                                              check=True).stdout.split())
     assert own < 200 * 2**20 < len(ballast) <= inherited  # the stock figure includes the parent's ballast
     del ballast
+
+
+def test_the_two_sides_runs_are_interleaved(tiny_fp32_bundle, tmp_path, monkeypatch):
+    """A VM whose speed drifts during the bench shifts both sides alike: run i of each side comes
+    before run i + 1 of either."""
+    from runtime_harness import bench
+
+    calls = []
+
+    def fake_measure(kind, artifact, prompt, new_tokens, threads):
+        calls.append((kind, len(prompt.token_ids)))
+        return {**sample(10, 100, 50, 400), "prompt_tokens": len(prompt.token_ids)}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    gguf = tmp_path / "peer.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    report = run_bench(BenchRequest(bundle=tiny_fp32_bundle.bundle, prompt_lengths=(4, 8), new_tokens=4, runs=3,
+                                    warmup=1, threads=1, llama_cpp_gguf=gguf, runtime="python"))
+    per_length = [("executorch", 4), ("llama.cpp", 4)] * 4 + [("executorch", 8), ("llama.cpp", 8)] * 4
+    assert calls == per_length  # one warm-up pair, then three run pairs, per prompt length
+    assert report["ratios"]["8"]["decode_tps"] == pytest.approx(1.0) and report["size_bytes"]["llama.cpp"] == 64
