@@ -18,6 +18,7 @@ import torch
 
 from export.checkpoint import LoadedModel
 from export.model import rope_scale_factors
+from export.pages import release_pages
 from llama_mobile.architecture import Architecture
 from llama_mobile.atomic import temporary_path
 from llama_mobile.errors import UsageError
@@ -146,16 +147,27 @@ def write_gguf(loaded: LoadedModel, destination: Path, name: str = "llama-mobile
         writer.add_bos_token_id(loaded.specials.bos_id)
         writer.add_eos_token_id(loaded.specials.eos_ids[-1])
         writer.add_add_bos_token(True)
+        # Tensors go to the file one at a time (gguf-py's add_tensor would hold every converted array
+        # until the end: 2x the checkpoint in RSS), and each source tensor's pages are handed back
+        # once written.
+        tensors = []
         if arch.rope_scaling is not None:
             factors = rope_scale_factors(arch.head_dim, arch.rope_theta, arch.rope_scaling)
-            writer.add_tensor("rope_freqs.weight", factors.numpy().astype(np.float32))
+            tensors.append(("rope_freqs.weight", factors.float()))
         for meta_name, tensor in loaded.state_dict.items():
             if meta_name == "output.weight" and arch.tied_embeddings:
                 continue  # llama.cpp reads token_embd when the output layer is absent
-            dtype = torch.float32 if tensor.dim() == 1 else torch.float16
-            writer.add_tensor(gguf_name(meta_name), tensor.to(dtype).numpy())
+            tensors.append((gguf_name(meta_name), tensor))
+        for name, tensor in tensors:
+            dtype = np.float32 if tensor.dim() == 1 else np.float16
+            writer.add_tensor_info(name, tuple(tensor.shape), np.dtype(dtype),
+                                   tensor.numel() * np.dtype(dtype).itemsize)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
+        writer.write_ti_data_to_file()
+        for name, tensor in tensors:
+            converted = tensor.to(torch.float32 if tensor.dim() == 1 else torch.float16)
+            writer.write_tensor_data(converted.numpy())
+            release_pages([tensor])
         writer.close()
     return destination
