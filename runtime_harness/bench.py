@@ -22,7 +22,6 @@ from llama_mobile.progress import Progress
 STAGES = ("prepare", "measure", "quality")
 RUNTIMES = ("auto", "native", "python")
 FIGURES = ("ttft_ms", "prefill_tps", "decode_tps", "peak_rss_bytes", "model_rss_bytes")
-HIGHER_IS_BETTER = {"prefill_tps", "decode_tps"}
 
 
 @dataclass
@@ -75,19 +74,18 @@ def resolve_runtime(requested: str, manifest: dict, bundle: Path | None = None) 
         raise ValueError(f"runtime {requested!r} is not one of {RUNTIMES}")
     if requested == "auto":
         return "native" if compiler() and native_unsupported(manifest) is None else "python"
-    if requested == "native" and native_unsupported(manifest):
-        raise UsageError(native_unsupported(manifest), path=str(bundle) if bundle else None,
-                         fix="use --runtime python")
+    reason = native_unsupported(manifest) if requested == "native" else None
+    if reason:
+        raise UsageError(reason, path=str(bundle) if bundle else None, fix="use --runtime python")
     return requested
 
 
 def measure(kind: str, artifact: Path, prompt: Prompt, new_tokens: int, threads: int) -> dict:
+    """artifact: the bundle (executorch), its program (native) or the GGUF (llama.cpp)."""
     if kind == "native":
-        from llama_mobile.manifest import read_manifest
         from runtime_harness.native_runner import run
 
-        program = artifact / read_manifest(artifact)["runtime"]["program"]
-        return run(program, prompt.token_ids, new_tokens, threads)
+        return run(artifact, prompt.token_ids, new_tokens, threads)
     command = [sys.executable, "-m", "runtime_harness.bench_worker", kind, str(artifact), str(prompt.text_file),
                str(new_tokens), str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
@@ -159,7 +157,8 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
     report = {"bundle": str(request.bundle), "runtime": runtime, "threads": request.threads, "runs": request.runs,
               "warmup": request.warmup, "new_tokens": request.new_tokens,
               "size_bytes": {"executorch": model_bytes(manifest)}}
-    sides = {"executorch": ("native" if runtime == "native" else "executorch", request.bundle)}
+    sides = {"executorch": ("native", request.bundle / manifest["runtime"]["program"]) if runtime == "native"
+             else ("executorch", request.bundle)}
     if request.llama_cpp_gguf:
         sides["llama.cpp"] = ("llama.cpp", request.llama_cpp_gguf)
     with progress.stage("measure", f"{' and '.join(sides)}: {len(prompts)} prompt lengths x {request.runs} runs"):

@@ -10,6 +10,7 @@ The binary is built once per source, ExecuTorch version and compiler, into the u
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -68,6 +69,7 @@ def cache_dir() -> Path:
     return base / "llama-mobile" / "native"
 
 
+@functools.cache  # build() runs before every measured run: hash, ask the compiler and read metadata once
 def build_key(cxx: str) -> str:
     digest = hashlib.sha256()
     for name in SOURCES:

@@ -10,6 +10,7 @@ from runtime_harness import native_runner
 from runtime_harness.bench import BenchRequest, run_bench
 
 pytestmark = pytest.mark.skipif(native_runner.compiler() is None, reason="no C++ compiler on this machine")
+XNNPACK_FP32 = {"target": {"backend": "xnnpack"}, "recipe": {"dtype": "fp32"}}
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +93,6 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
     from runtime_harness.bench import resolve_runtime
 
     assert resolve_runtime("auto", XNNPACK_FP32) == "python"
-
-
-XNNPACK_FP32 = {"target": {"backend": "xnnpack"}, "recipe": {"dtype": "fp32"}}
 
 
 def test_bundles_the_native_runner_cannot_run_go_to_the_python_runtime():

@@ -86,15 +86,15 @@ Tensor& update_cache_out(KernelRuntimeContext& ctx, const Tensor& value, const T
 namespace {
 
 // Attention for a block of consecutive query positions of one head (a prefill's rows become one
-// matrix product). Row r is the query at absolute position first_pos + r; when causal it attends to
-// keys [0, first_pos + r].
+// matrix product). Rows are consecutive positions; when causal, the last row attends to keys_of_last
+// keys and each row before it to one key fewer.
 struct AttentionBlock {
   const float* q;  // row r at q + r * row_stride
   const float* k;  // key j at k + j * kv_stride
   const float* v;
   float* out;      // row r at out + r * row_stride
   int64_t rows, head_dim, row_stride, kv_stride;
-  int64_t first_pos, keys_of_last;  // keys_of_last: keys the block's last row attends to
+  int64_t keys_of_last;  // keys the block's last row attends to
   bool causal;
   float scale;
 };
@@ -191,7 +191,6 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
           const int64_t kv_offset = (b * context * kv_heads + h / group) * head_dim;
           AttentionBlock a{qp + q_offset, kp + kv_offset, vp + kv_offset, op + q_offset,
                            count, head_dim, heads * head_dim, kv_heads * head_dim,
-                           start_pos + first,
                            is_causal ? start_pos + first + count : start_pos + seq_len,
                            is_causal, softmax_scale};
           attend(a, scores.data());
