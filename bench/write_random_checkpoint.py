@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llama_mobile.presets import MODEL_PRESETS  # noqa: E402
+from llama_mobile.core.presets import MODEL_PRESETS  # noqa: E402
 from tests.checkpoints import llama3_tokenizer_model, random_state_dict, write_meta  # noqa: E402
 
 

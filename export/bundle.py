@@ -8,9 +8,15 @@ from importlib import metadata
 from pathlib import Path
 
 from llama_mobile import __version__
-from llama_mobile.atomic import write_file
-from llama_mobile.manifest import BUNDLE_FORMAT, MANIFEST_NAME, SCHEMA_VERSION, file_entry, schema_problems
-from llama_mobile.errors import ExportError
+from llama_mobile.core.atomic import write_file
+from llama_mobile.core.errors import ExportError
+from llama_mobile.core.manifest import (
+    BUNDLE_FORMAT,
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    file_entry,
+    schema_problems,
+)
 
 PROGRAM_NAME = "model.pte"
 WEIGHTS_NAME = "model.ptd"  # ExecuTorch's external weights (program-data separation), when used

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llama_mobile.errors import CheckpointError, ConfigError
+from llama_mobile.core.errors import CheckpointError, ConfigError
 
 
 def read_json_object(path: Path) -> dict:

@@ -11,7 +11,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from llama_mobile.errors import ExportError
+from llama_mobile.core.errors import ExportError
+from llama_mobile.export.bundle import write_json
 
 COREML_BACKEND_ID = "CoreMLBackend"
 MLPACKAGE_NAME = "model.mlpackage"
@@ -137,7 +138,6 @@ def write_coreml_report(staging: Path, lowered, target, recipe, n_layers: int, q
 
     Returns the manifest's summary of it.
     """
-    from export.bundle import write_json
 
     mlpackage = extract_mlpackage(lowered.pte, staging / MLPACKAGE_NAME)
     stateful = bool(target.option("state", False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from llama_mobile.errors import CheckpointError
+from llama_mobile.core.errors import CheckpointError
 
 EMBEDDED = {
     # preset -> (package, file inside it, how to install the package)

@@ -14,11 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.checkpoint import GGUF_FORMAT, LoadedModel, check_against_preset, describe_sources
-from export.identity import resolve_identity
-from llama_mobile.architecture import Architecture, RopeScaling
-from llama_mobile.errors import CheckpointError, ConfigError, TokenizerError
-from llama_mobile.presets import ModelPreset
+from llama_mobile.core.architecture import Architecture, RopeScaling
+from llama_mobile.core.errors import CheckpointError, ConfigError, TokenizerError
+from llama_mobile.core.presets import ModelPreset
+from llama_mobile.export.identity import resolve_identity
+from llama_mobile.export.loaded import (
+    GGUF_FORMAT,
+    LoadedModel,
+    check_against_preset,
+    describe_sources,
+)
+from llama_mobile.export.model import rope_scale_factors
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,6 @@ def _shortest_float32(value: float) -> float:
 def rope_scaling_of(reader, head_dim: int, theta: float, path: Path) -> RopeScaling | None:
     """llama.cpp keeps Llama 3.1's RoPE scaling as per-frequency factors (`rope_freqs`), not its parameters:
     recover them, and refuse factors that Llama 3's scaling with its published constants does not give."""
-    from export.model import rope_scale_factors
 
     tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
     if tensor is None:

@@ -7,12 +7,18 @@ from pathlib import Path
 
 import torch
 
-from export.checkpoint import HF_FORMAT, LoadedModel, check_against_preset, describe_sources
-from export.config_fields import FieldReader, read_json_object
-from export.identity import resolve_identity
-from llama_mobile.architecture import Architecture, RopeScaling
-from llama_mobile.errors import CheckpointError
-from llama_mobile.presets import ModelPreset
+from llama_mobile.core.architecture import Architecture, RopeScaling
+from llama_mobile.core.errors import CheckpointError
+from llama_mobile.core.presets import ModelPreset
+from llama_mobile.export.config_fields import FieldReader, read_json_object
+from llama_mobile.export.identity import resolve_identity
+from llama_mobile.export.loaded import (
+    HF_FORMAT,
+    LoadedModel,
+    check_against_preset,
+    describe_sources,
+)
+from llama_mobile.export.pages import settle_file
 
 # Our own config.json section for shapes Hugging Face's LlamaConfig cannot express (pruned models).
 PRUNING_SECTION = "llama_mobile"
@@ -117,7 +123,6 @@ def safetensors_files(folder: Path) -> list[Path]:
 def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
-    from export.pages import settle_file
 
     tensors: dict[str, torch.Tensor] = {}
     for file in files:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from export.hf_loader import PRUNING_SECTION, meta_to_hf_rope
-from llama_mobile.architecture import Architecture
-from llama_mobile.atomic import write_file
-from llama_mobile.errors import OutputError
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.atomic import write_file
+from llama_mobile.core.errors import OutputError
+from llama_mobile.export.hf_loader import PRUNING_SECTION, meta_to_hf_rope
 
 _TOP = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
         "output.weight": "lm_head.weight"}

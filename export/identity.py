@@ -1,9 +1,15 @@
 """Special tokens and chat template for a checkpoint: the preset's, or inferred for a generic Llama."""
 from __future__ import annotations
 
-from llama_mobile.architecture import Architecture
-from llama_mobile.presets import (CHATML_SMOL, LLAMA3_CHAT, LLAMA3_SPECIALS, ChatTemplate, ModelPreset,
-                                  SpecialTokens)
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.presets import (
+    CHATML_SMOL,
+    LLAMA3_CHAT,
+    LLAMA3_SPECIALS,
+    ChatTemplate,
+    ModelPreset,
+    SpecialTokens,
+)
 
 LLAMA3_VOCAB = 128256
 PLAIN_TEMPLATE = ChatTemplate(name="plain", prefix="", user="{content}", assistant_start="")

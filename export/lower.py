@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llama_mobile.errors import ExportError
-from llama_mobile.targets import Target
+from llama_mobile.core.errors import ExportError
+from llama_mobile.core.targets import Target
+from llama_mobile.export.backends import backend_module
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ def runner_metadata(*, bos_id: int, eos_ids: tuple[int, ...], context_len: int, 
 
 
 def partitioners_for(target: Target) -> list:
-    from export.backends import backend_module
 
     return backend_module(target).partitioners(target)
 
@@ -130,7 +130,6 @@ def skip_noop_decompositions(defer_functionalization: bool = False):
 @contextlib.contextmanager
 def lowering_context(target: Target, fast: bool = True):
     """The speed-ups for the lowering call (fast=False: ExecuTorch as shipped)."""
-    from export.backends import backend_module
 
     backend = backend_module(target)
     if not fast:
@@ -171,9 +170,15 @@ def fused_edge_passes():
     SymToTensor, then (after four graph-level passes) RemoveMixedTypeOperators, OpReplace and
     MemoryFormatOps. Fused as two runs of consecutive passes, the program is byte-identical
     (tests/test_lowering_speed.py compares it with ExecuTorch's stock lowering)."""
-    from executorch.exir.passes import (MemoryFormatOpsPass, NormalizeTransposePass,
-                                        ReplaceBrokenOpsWithFunctionalOpsPass, ScalarToTensorPass)
-    from executorch.exir.passes.remove_mixed_type_operators import RemoveMixedTypeOperators
+    from executorch.exir.passes import (
+        MemoryFormatOpsPass,
+        NormalizeTransposePass,
+        ReplaceBrokenOpsWithFunctionalOpsPass,
+        ScalarToTensorPass,
+    )
+    from executorch.exir.passes.remove_mixed_type_operators import (
+        RemoveMixedTypeOperators,
+    )
     from executorch.exir.passes.replace_aten_with_edge_pass import OpReplacePass
     from executorch.exir.passes.sym_to_tensor_pass import SymToTensorPass
     from executorch.exir.program import _program
@@ -234,7 +239,11 @@ def _tagging(partitioner):
 
 def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: int,
           external_weights: bool = False, fast: bool = True) -> LoweredProgram:
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir import (
+        EdgeCompileConfig,
+        ExecutorchBackendConfig,
+        to_edge_transform_and_lower,
+    )
     from executorch.exir.passes import MemoryPlanningPass
     from torch.export import Dim, export
 

@@ -6,12 +6,19 @@ from pathlib import Path
 
 import torch
 
-from export.checkpoint import META_FORMAT, LoadedModel, check_against_preset, describe_sources
-from export.config_fields import FieldReader, read_json_object
-from export.identity import resolve_identity
-from llama_mobile.architecture import Architecture, llama_ffn_hidden
-from llama_mobile.errors import CheckpointError
-from llama_mobile.presets import LLAMA3_ROPE, ModelPreset
+from llama_mobile.core.architecture import Architecture, llama_ffn_hidden
+from llama_mobile.core.errors import CheckpointError
+from llama_mobile.core.presets import LLAMA3_ROPE, ModelPreset
+from llama_mobile.core.tokenizer import Tokenizer
+from llama_mobile.export.config_fields import FieldReader, read_json_object
+from llama_mobile.export.identity import resolve_identity
+from llama_mobile.export.loaded import (
+    META_FORMAT,
+    LoadedModel,
+    check_against_preset,
+    describe_sources,
+)
+from llama_mobile.export.pages import settle_file
 
 # Keys some Meta checkpoints carry that the model does not use.
 IGNORED_KEYS = {"rope.freqs"}
@@ -52,7 +59,6 @@ def find_weights(folder: Path) -> Path:
 
 def read_pth(path: Path) -> dict[str, torch.Tensor]:
     """Never unpickles code: weights_only refuses any global that is not a tensor type."""
-    from export.pages import settle_file
 
     settle_file(path)
     try:
@@ -96,7 +102,6 @@ def load_meta(folder: Path, preset: ModelPreset | None) -> LoadedModel:
         arch = arch.replace(max_position=preset.architecture.max_position)
     bos_id = eos_ids = None
     if preset is None:  # a generic checkpoint: the tokenizer knows its own special tokens
-        from llama_mobile.tokenizer import Tokenizer
 
         tok = Tokenizer(tokenizer)
         bos_id, eos_ids = tok.bos_id, (tok.eos_id,)

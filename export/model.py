@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from llama_mobile.architecture import Architecture, RopeScaling
+from llama_mobile.core.architecture import Architecture, RopeScaling
 
 
 def load_custom_ops() -> None:

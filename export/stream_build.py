@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from export.model import Transformer
-from export.pages import release_pages
+from llama_mobile.export.model import Transformer
+from llama_mobile.export.pages import release_pages
 
 
 def _assign(model: Transformer, prefix: str, state_dict: dict[str, torch.Tensor]) -> list:

@@ -7,14 +7,19 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from quantize.recipe import LayerQuant, Recipe
+from llama_mobile.core.errors import ExportError
+from llama_mobile.quantize.recipe import LayerQuant, Recipe
+from llama_mobile.quantize.rowwise import rowwise_quantizers
 
 log = logging.getLogger(__name__)
 
 
 def torchao_config(quant: LayerQuant, *, embedding: bool = False):
     """The torchao config for one layer scheme, or None to leave the layer in float."""
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+    from torchao.quantization import (
+        Int8DynamicActivationIntxWeightConfig,
+        IntxWeightOnlyConfig,
+    )
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_primitives import MappingType
 
@@ -62,7 +67,6 @@ class PartQuantizer:
         """Quantize the embeddings and linears named ``prefix`` or under it ("" is the whole model)."""
         from torchao.quantization import quantize_
 
-        from quantize.rowwise import rowwise_quantizers
 
         def inside(name: str) -> bool:
             return not prefix or name == prefix or name.startswith(prefix + ".")
@@ -110,7 +114,6 @@ def _describe(names: list[str]) -> str:
 
 def _check_all_quantized(model: nn.Module, recipe: Recipe) -> None:
     """torchao leaves a layer in float when it cannot quantize it; an export must not ship that silently."""
-    from llama_mobile.errors import ExportError
 
     missed = [name for name, m in model.named_modules()
               if isinstance(m, nn.Linear) and not recipe.quant_for(name).is_float

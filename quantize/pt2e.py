@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from quantize.recipe import Pt2eQuant
+from llama_mobile.quantize.recipe import Pt2eQuant
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,14 @@ def build_quantizer(settings: dict, chip: str | None = None):
         quantizer.setup_precision(Precision[settings["precision"]])
         return quantizer
     import torch
-    from executorch.backends.qualcomm.quantizer.quant_recipe import QuantGranularity, QuantRecipe
-    from executorch.backends.qualcomm.quantizer.quantizer import QnnQuantizer, QuantDtype
+    from executorch.backends.qualcomm.quantizer.quant_recipe import (
+        QuantGranularity,
+        QuantRecipe,
+    )
+    from executorch.backends.qualcomm.quantizer.quantizer import (
+        QnnQuantizer,
+        QuantDtype,
+    )
     from executorch.backends.qualcomm.serialization.qc_schema import QcomChipset
     from torchao.quantization.pt2e import MinMaxObserver
 

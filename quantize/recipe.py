@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_mobile.errors import ConfigError, UsageError
+import tomllib
+
+from llama_mobile.core.errors import ConfigError, UsageError
 
 RECIPE_SCHEMA_VERSION = 1
 RECIPE_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "8da4w-mixed"  # what `export` uses when neither --recipe nor a device names one
 
 # Linear schemes: activations x weights. "fp32"/"bf16" leave the layer in float.
 LINEAR_SCHEMES = ("fp32", "bf16", "8da4w", "8da8w", "4w", "8w")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_mobile.atomic import temporary_path
-from llama_mobile.errors import ResourceError
+from llama_mobile.core.atomic import temporary_path
+from llama_mobile.core.errors import ResourceError
 
 PANELS = (("prefill_tps", "prefill tokens/s"), ("decode_tps", "decode tokens/s"), ("ttft_ms", "time to first token (ms)"))
 COLOURS = {"executorch": "#3b6ea5", "llama.cpp": "#c26b2f"}

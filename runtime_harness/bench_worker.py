@@ -13,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from llama_mobile.memory import peak_rss_bytes, resident_bytes
+from llama_mobile.core.manifest import read_manifest
+from llama_mobile.core.memory import peak_rss_bytes, resident_bytes
+from llama_mobile.runtime_harness.generate import Runner
+from llama_mobile.runtime_harness.program import load_runtime_ops
 
 BASELINE = 0
 
@@ -21,9 +24,6 @@ BASELINE = 0
 def executorch_run(bundle: Path, prompt: str, new_tokens: int, threads: int) -> dict:
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
-    from llama_mobile.manifest import read_manifest
-    from runtime_harness.generate import Runner
-    from runtime_harness.program import load_runtime_ops
 
     load_runtime_ops()
     _unsafe_reset_threadpool(threads)

@@ -6,30 +6,21 @@ the Core ML model itself runs through coremltools, one token per call as the pho
 """
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import torch
 
-from runtime_harness.metrics import ParityMetrics, compare_logits
+from llama_mobile.runtime_harness.metrics import ParityMetrics, compare_logits
+from llama_mobile.runtime_harness.parity import reference_logits
 
 HOST_SIMULATED = "host-simulated"
 COREML_RUNTIME = "coreml"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def on_macos() -> bool:
-    return platform.system() == "Darwin"
-
-
-def parity_method() -> str:
-    return COREML_RUNTIME if on_macos() else HOST_SIMULATED
-
-
 @torch.no_grad()
 def host_simulated_logits(model: torch.nn.Module, token_ids: list[int], dtype: str) -> torch.Tensor:
     """The quantized eager model in the target's precision. Casts the model in place (done with it)."""
-    from runtime_harness.parity import reference_logits
 
     _cast_floats(model, DTYPES[dtype])
     return reference_logits(model, token_ids)
@@ -83,20 +74,3 @@ def coreml_gate_metrics(mlpackage: Path, eager_model, token_ids: list[int], refe
     if eager_model is None:
         return coreml_parity(mlpackage, token_ids, reference, target.option("compute_units", "all")), COREML_RUNTIME
     return compare_logits(reference, host_simulated_logits(eager_model, token_ids, dtype), token_ids), HOST_SIMULATED
-
-
-def refuse_off_macos(program: Path) -> None:
-    """A Core ML bundle's program needs Apple's Core ML runtime; say so instead of a runtime error code."""
-    import json
-
-    from llama_mobile.errors import RuntimeFailure
-
-    manifest = Path(program).parent / "manifest.json"
-    try:
-        backend = json.loads(manifest.read_text())["target"]["backend"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if backend == "coreml" and not on_macos():
-        raise RuntimeFailure("this is a Core ML bundle: ExecuTorch runs its program only on macOS / iOS",
-                             path=program, fix="run it on a Mac or in the iOS app; its parity was checked at export "
-                                               "(host-simulated, see parity.json)")

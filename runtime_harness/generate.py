@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from llama_mobile.errors import RuntimeFailure
+from llama_mobile.core.errors import RuntimeFailure
+from llama_mobile.export.bundle import weights_path
+from llama_mobile.runtime_harness.host import refuse_off_macos
+from llama_mobile.runtime_harness.program import load_runtime_ops, quiet_native_stderr
 
 
 @dataclass
@@ -44,15 +47,12 @@ def _stats(raw) -> GenerationStats:
 
 class Runner:
     def __init__(self, program: Path, tokenizer: Path):
-        from runtime_harness.coreml import refuse_off_macos
 
         refuse_off_macos(program)
-        from runtime_harness.program import load_runtime_ops, quiet_native_stderr
 
         load_runtime_ops()
         from executorch.extension.llm.runner import TextLLMRunner
 
-        from export.bundle import weights_path
 
         weights = weights_path(Path(program))
         try:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-from llama_mobile.errors import ResourceError, UsageError
+from llama_mobile.core.errors import ResourceError, UsageError
+from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.runtime_harness.gguf_writer import write_gguf
 
 # The llama.cpp type nearest to each recipe's linear scheme.
 NEAREST_GGUF_TYPE = {"8da4w": "Q4_0", "4w": "Q4_0", "8da8w": "Q8_0", "8w": "Q8_0", "fp32": "F32"}
@@ -49,9 +52,6 @@ def peer_for_bundle(manifest: dict, scratch: Path) -> Path:
         raise UsageError("the checkpoint the bundle was exported from is gone", path=source,
                          fix="pass --gguf FILE.gguf made from it by llama.cpp")
     if manifest["model"]["source"]["format"] != "gguf":
-        from export.checkpoint import load_checkpoint
-        from llama_mobile.presets import GENERIC_MODEL, MODEL_PRESETS
-        from runtime_harness.gguf_writer import write_gguf
 
         preset = manifest["model"]["preset"]
         loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, source)

@@ -16,13 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.checkpoint import LoadedModel
-from export.model import rope_scale_factors
-from export.pages import release_pages
-from llama_mobile.architecture import Architecture
-from llama_mobile.atomic import temporary_path
-from llama_mobile.errors import UsageError
-from llama_mobile.tokenizer import HF_JSON, byte_level, tiktoken_token_bytes, tokenizer_kind
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.atomic import temporary_path
+from llama_mobile.core.errors import UsageError
+from llama_mobile.core.tokenizer import (
+    HF_JSON,
+    byte_level,
+    tiktoken_token_bytes,
+    tokenizer_kind,
+)
+from llama_mobile.export.loaded import LoadedModel
+from llama_mobile.export.model import rope_scale_factors
+from llama_mobile.export.pages import release_pages
 
 # Meta name -> GGUF name (llama.cpp's tensor map for LLM_ARCH_LLAMA).
 LAYER_NAMES = {

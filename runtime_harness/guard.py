@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llama_mobile.runtime_harness.guard_prompt import GuardReplyError, parse_guard_reply
+
 
 @dataclass
 class GuardResult:
@@ -41,7 +43,6 @@ def label_token_ids(tokenizer) -> tuple[int, int]:
 
 
 def classify(program, tokenizer, prompt: str, eos_ids: tuple[int, ...], max_new_tokens: int = 12) -> GuardResult:
-    from runtime_harness.guard_prompt import GuardReplyError, parse_guard_reply
 
     safe_id, unsafe_id = label_token_ids(tokenizer)
     ids = tokenizer.encode(prompt)

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from llama_mobile.errors import RuntimeFailure, UsageError
+from llama_mobile.core.errors import RuntimeFailure, UsageError
 
 TEMPLATE_NAME = "llama-guard-3-1b"
 TEMPLATE_VERSION = 1

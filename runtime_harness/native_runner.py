@@ -21,8 +21,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from llama_mobile.atomic import temporary_path
-from llama_mobile.errors import ResourceError, RuntimeFailure
+from llama_mobile.core.atomic import temporary_path
+from llama_mobile.core.errors import ResourceError, RuntimeFailure
+from llama_mobile.export.bundle import weights_path
 
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("bench_runner.cpp", "llm_ops.cpp")
@@ -103,7 +104,6 @@ def build() -> Path:
 def run(program: Path, token_ids: list[int], new_tokens: int, threads: int, *,
         logits: Path | None = None, binary: Path | None = None) -> dict:
     """One generation: prefill token_ids, then greedy decode. Returns the runner's JSON figures."""
-    from export.bundle import weights_path
 
     binary = binary or build()
     with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as handle:

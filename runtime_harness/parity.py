@@ -6,10 +6,13 @@ from pathlib import Path
 
 import torch
 
-from runtime_harness.metrics import ParityMetrics, compare_logits
+from llama_mobile.runtime_harness.metrics import ParityMetrics, compare_logits
+from llama_mobile.runtime_harness.program import Program
 
-CORPUS = Path(__file__).parent / "corpus" / "alice.txt"
-DEFAULT_POSITIONS = 128
+CORPUS_DIR = Path(__file__).parent / "corpus"
+CORPUS = CORPUS_DIR / "alice.txt"  # the parity text
+PROMPTS = CORPUS_DIR / "prompts.jsonl"  # the greedy-generation check
+GUARD_PROMPTS = CORPUS_DIR / "guard_prompts.jsonl"
 
 
 def eval_token_ids(tokenizer, positions: int, text_path: Path | None = None,
@@ -73,7 +76,6 @@ def gate(metrics: ParityMetrics, thresholds: dict, reference: str = "fp32 eager"
 
 
 def program_parity(pte_path: Path, token_ids: list[int], reference: torch.Tensor) -> ParityMetrics:
-    from runtime_harness.program import Program
 
     candidate = Program(pte_path).logits_per_position(token_ids)
     return compare_logits(reference, candidate, token_ids)

@@ -6,6 +6,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
+from llama_mobile.core.tokenizer import Tokenizer
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.model import build_model, load_custom_ops
+from llama_mobile.runtime_harness.gguf_peer import source_checkpoint
+from llama_mobile.runtime_harness.metrics import compare_logits
+from llama_mobile.runtime_harness.parity import eval_token_ids, reference_logits
+from llama_mobile.runtime_harness.program import Program
+
 
 def llama_cpp_logits(gguf: Path, token_ids: list[int], threads: int = 2) -> torch.Tensor:
     """Logits at every position, from llama.cpp itself."""
@@ -20,15 +29,7 @@ def llama_cpp_logits(gguf: Path, token_ids: list[int], threads: int = 2) -> torc
 def quality_against_peer(bundle: Path, manifest: dict, gguf: Path, positions: int = 256) -> dict:
     """Top-1, KL and perplexity ratio of the bundle and of the llama.cpp file, against the same FP32
     eager reference (the bundle's source checkpoint) on the same tokens of the shipped text."""
-    from export.checkpoint import load_checkpoint
-    from export.model import build_model, load_custom_ops
-    from llama_mobile.tokenizer import Tokenizer
-    from runtime_harness.gguf_peer import source_checkpoint
-    from runtime_harness.metrics import compare_logits
-    from runtime_harness.parity import eval_token_ids, reference_logits
-    from runtime_harness.program import Program
 
-    from llama_mobile.presets import GENERIC_MODEL, MODEL_PRESETS
 
     checkpoint = source_checkpoint(manifest)
     preset = manifest["model"]["preset"]

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from llama_mobile.errors import RuntimeFailure
+from llama_mobile.core.errors import RuntimeFailure
+from llama_mobile.export.bundle import weights_path
+from llama_mobile.runtime_harness.host import refuse_off_macos
 
 
 def load_runtime_ops() -> None:
@@ -33,13 +35,11 @@ class Program:
     """forward(tokens, input_pos) of an LLM .pte; the KV cache lives inside the program."""
 
     def __init__(self, path: Path):
-        from runtime_harness.coreml import refuse_off_macos
 
         refuse_off_macos(path)
         load_runtime_ops()
         from executorch.extension.pybindings.portable_lib import _load_for_executorch
 
-        from export.bundle import weights_path
 
         self.path = Path(path)
         weights = weights_path(self.path)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from export.model import expected_shapes
-from llama_mobile.architecture import Architecture
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.export.model import expected_shapes
 
 TINY = Architecture(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=128, vocab_size=300,
                     rope_theta=10000.0, tied_embeddings=False, max_position=256)
@@ -60,7 +60,7 @@ def write_tiny_tiktoken(path: Path) -> Path:
 def write_meta(folder: Path, arch: Architecture, state: dict[str, torch.Tensor],
                tokenizer: Path | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    from llama_mobile.architecture import llama_ffn_hidden
+    from llama_mobile.core.architecture import llama_ffn_hidden
 
     hidden_multiplier = round(arch.ffn_hidden / int(8 * arch.dim / 3), 4)
     if llama_ffn_hidden(arch.dim, 32, hidden_multiplier) != arch.ffn_hidden:
@@ -95,7 +95,7 @@ def write_hf(folder: Path, arch: Architecture, state: dict[str, torch.Tensor],
                                   "high_freq_factor": s.high_freq_factor,
                                   "original_max_position_embeddings": s.original_max_position}
     (folder / "config.json").write_text(json.dumps(config))
-    from export.hf_writer import DTYPES, hf_tensors
+    from llama_mobile.export.hf_writer import DTYPES, hf_tensors
 
     dtype_name = next(name for name, (torch_dtype, _) in DTYPES.items() if torch_dtype == dtype)
     tensors = hf_tensors(arch, state, dtype_name)  # the same mapping `llama-mobile prune` writes with

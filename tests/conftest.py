@@ -24,7 +24,7 @@ def tiny_meta(tmp_path_factory, tiny_state) -> Path:
 
 
 def export_tiny(checkpoint: Path, out: Path, recipe: str, **kwargs):
-    from llama_mobile.pipeline import ExportRequest, run_export
+    from llama_mobile.jobs.export_job import ExportRequest, run_export
 
     options = {"context": 64, "positions": 48, **kwargs}
     request = ExportRequest(model="llama", checkpoint=checkpoint, recipe=recipe, target="xnnpack",
@@ -44,6 +44,6 @@ def tiny_8da4w_bundle(tmp_path_factory, tiny_hf):
 
 @pytest.fixture(scope="session")
 def custom_ops():
-    from export.model import load_custom_ops
+    from llama_mobile.export.model import load_custom_ops
 
     load_custom_ops()

@@ -1,9 +1,9 @@
 import pytest
 
-from export.model import expected_shapes
-from llama_mobile.architecture import Architecture, llama_ffn_hidden
-from llama_mobile.errors import ConfigError, UsageError
-from llama_mobile.presets import MODEL_PRESETS, get_model_preset
+from llama_mobile.core.architecture import Architecture, llama_ffn_hidden
+from llama_mobile.core.errors import ConfigError, UsageError
+from llama_mobile.core.presets import MODEL_PRESETS, get_model_preset
+from llama_mobile.export.model import expected_shapes
 
 
 @pytest.mark.parametrize("name", list(MODEL_PRESETS))

@@ -1,6 +1,6 @@
 import pytest
 
-from runtime_harness.bench import BenchRequest, ratios, run_bench, summarise
+from llama_mobile.jobs.bench_job import BenchRequest, ratios, run_bench, summarise
 
 
 def sample(ttft, prefill, decode, rss):
@@ -29,7 +29,7 @@ def test_bench_runs_the_bundle_in_fresh_processes(tiny_fp32_bundle):
 
 
 def test_plot_writes_a_png_with_one_panel_per_figure(tmp_path):
-    from runtime_harness.bench_plot import plot_report
+    from llama_mobile.runtime_harness.bench_plot import plot_report
 
     report = {"bundle": "out/x", "threads": 2, "runs": 3,
               "executorch": {"32": summarise([sample(10, 100, 50, 400), sample(30, 300, 70, 400)])},
@@ -52,7 +52,7 @@ def test_peak_rss_is_the_processs_own_not_its_parents():
 
     ballast = bytearray(1 << 30)  # the parent holds 1 GiB, every page touched
     ballast[::4096] = b"x" * len(ballast[::4096])
-    code = ("import resource; from llama_mobile.memory import peak_rss_bytes; "
+    code = ("import resource; from llama_mobile.core.memory import peak_rss_bytes; "
             "print(peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
     own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                              check=True).stdout.split())
@@ -63,7 +63,7 @@ def test_peak_rss_is_the_processs_own_not_its_parents():
 def test_the_two_sides_runs_are_interleaved(tiny_fp32_bundle, tmp_path, monkeypatch):
     """A VM whose speed drifts during the bench shifts both sides alike: run i of each side comes
     before run i + 1 of either."""
-    from runtime_harness import bench
+    from llama_mobile.jobs import bench_job as bench
 
     calls = []
 

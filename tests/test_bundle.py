@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from llama_mobile.errors import BundleError, OutputError
-from llama_mobile.manifest import read_manifest, verify_bundle
+from llama_mobile.core.errors import BundleError, OutputError
+from llama_mobile.core.manifest import read_manifest, verify_bundle
 from tests.conftest import export_tiny
 
 
@@ -60,9 +60,9 @@ def test_interrupted_export_keeps_the_previous_bundle(tmp_path, tiny_hf, tiny_fp
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    import runtime_harness.parity
+    from llama_mobile.jobs import export_job
 
-    monkeypatch.setattr(runtime_harness.parity, "program_parity", interrupted)
+    monkeypatch.setattr(export_job, "program_parity", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_tiny(tiny_hf, out, "fp32")
     assert (previous / "manifest.json").read_bytes() == before
@@ -71,12 +71,12 @@ def test_interrupted_export_keeps_the_previous_bundle(tmp_path, tiny_hf, tiny_fp
 
 
 def test_disk_full_is_a_clear_error_and_leaves_nothing(tmp_path, tiny_hf, monkeypatch):
-    import llama_mobile.atomic
+    import llama_mobile.core.atomic
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(llama_mobile.atomic.os, "fsync", full)
+    monkeypatch.setattr(llama_mobile.core.atomic.os, "fsync", full)
     out = tmp_path / "out"
     with pytest.raises(OutputError, match="disk full"):
         export_tiny(tiny_hf, out, "fp32", validate=False)
@@ -89,15 +89,15 @@ def test_unwritable_output_is_refused_before_work(tmp_path, tiny_hf, monkeypatch
     with pytest.raises(OutputError, match="is a file, not a folder"):
         export_tiny(tiny_hf, blocker / "out", "fp32")
     # A folder without write permission (root ignores permission bits, so ask os.access directly).
-    import llama_mobile.atomic
+    import llama_mobile.core.atomic
 
-    monkeypatch.setattr(llama_mobile.atomic.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(llama_mobile.core.atomic.os, "access", lambda path, mode: False)
     with pytest.raises(OutputError, match="not writable"):
         export_tiny(tiny_hf, tmp_path / "out", "fp32")
 
 
 def test_failing_gate_publishes_nothing_under_the_final_name(tmp_path, tiny_hf):
-    from llama_mobile.errors import ParityFailure
+    from llama_mobile.core.errors import ParityFailure
 
     recipe = tmp_path / "strict-4bit.toml"
     recipe.write_text('name = "strict-4bit"\n[linear]\nscheme = "8da4w"\ngroup_size = 64\n'

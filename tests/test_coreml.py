@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from llama_mobile.errors import UsageError
-from llama_mobile.manifest import schema_problems, verify_bundle
-from llama_mobile.pipeline import ExportRequest, check_request, run_export
-from llama_mobile.targets import TARGETS, get_target
+from llama_mobile.core.errors import UsageError
+from llama_mobile.core.manifest import schema_problems, verify_bundle
+from llama_mobile.core.targets import TARGETS, get_target
+from llama_mobile.jobs.export_job import ExportRequest, check_request, run_export
 from tests.checkpoints import TINY
 
 IS_MACOS = sys.platform == "darwin"
@@ -72,7 +72,7 @@ def test_ios18_bundle_manifest_and_standalone_mlpackage(ios18_int4):
     assert runtime["coreml"]["stateful_kv_cache"] and runtime["coreml"]["mlpackage"] == "model.mlpackage"
     assert runtime["delegated_calls"] == 1
     # The standalone package is the very model the .pte carries.
-    from export.coreml_package import extract_mlpackage
+    from llama_mobile.export.coreml_package import extract_mlpackage
 
     extracted = extract_mlpackage((bundle / "model.pte").read_bytes(), bundle.parent / "check.mlpackage")
     weights = sorted(extracted.rglob("weight.bin"))[0].relative_to(extracted)
@@ -125,7 +125,7 @@ def test_compute_units_and_state_reach_the_compile_specs():
     import coremltools as ct
     from executorch.backends.apple.coreml.compiler import CoreMLBackend
 
-    from export.backends.coreml import partitioners
+    from llama_mobile.export.backends.coreml import partitioners
 
     for name, units, ios in (("coreml-ios18-cpu-ne", ct.ComputeUnit.CPU_AND_NE, ct.target.iOS18),
                              ("coreml-ios18-cpu-gpu", ct.ComputeUnit.CPU_AND_GPU, ct.target.iOS18),
@@ -188,10 +188,10 @@ def test_targets_command_lists_the_core_ml_presets():
 @pytest.mark.skipif(not IS_MACOS, reason="running a Core ML model needs macOS (coremltools predict); "
                                          "this host checks the structure and a host-simulated parity instead")
 def test_core_ml_model_runs_and_matches_the_eager_program_on_macos(ios18_int4, tiny_hf):
-    from export.checkpoint import load_checkpoint
-    from export.model import build_model
-    from runtime_harness.coreml import coreml_logits_per_position
-    from runtime_harness.parity import reference_logits
+    from llama_mobile.export.checkpoint import load_checkpoint
+    from llama_mobile.export.model import build_model
+    from llama_mobile.runtime_harness.coreml import coreml_logits_per_position
+    from llama_mobile.runtime_harness.parity import reference_logits
 
     loaded = load_checkpoint("llama", tiny_hf)
     ids = [0, 5, 17, 42, 9, 100, 7]
@@ -203,9 +203,9 @@ def test_core_ml_model_runs_and_matches_the_eager_program_on_macos(ios18_int4, t
 
 @pytest.mark.skipif(IS_MACOS, reason="macOS runs Core ML programs")
 def test_running_a_core_ml_bundle_off_macos_is_refused_in_one_line(ios18_int4):
-    from llama_mobile.errors import RuntimeFailure
-    from runtime_harness.generate import Runner
-    from runtime_harness.program import Program
+    from llama_mobile.core.errors import RuntimeFailure
+    from llama_mobile.runtime_harness.generate import Runner
+    from llama_mobile.runtime_harness.program import Program
 
     bundle = ios18_int4.bundle
     with pytest.raises(RuntimeFailure, match="Core ML bundle"):
@@ -217,7 +217,7 @@ def test_running_a_core_ml_bundle_off_macos_is_refused_in_one_line(ios18_int4):
 def test_l2_rms_norm_matches_and_survives_fp16_outliers():
     import torch
 
-    from export.model import RMSNorm
+    from llama_mobile.export.model import RMSNorm
 
     torch.manual_seed(0)
     norms = {kind: RMSNorm(576, 1e-5, kind) for kind in ("mean_square", "l2")}

@@ -1,8 +1,8 @@
 import pytest
 
-from llama_mobile.devices import DEVICES
-from llama_mobile.pipeline import ExportRequest, check_request, device_plan
-from llama_mobile.presets import MODEL_PRESETS
+from llama_mobile.core.devices import DEVICES
+from llama_mobile.core.presets import MODEL_PRESETS
+from llama_mobile.jobs.export_job import ExportRequest, check_request, device_plan
 from tests.conftest import export_tiny
 
 
@@ -26,9 +26,9 @@ def test_export_with_a_device_records_it(tiny_hf, tmp_path):
 
 
 def test_memory_preflight_matches_measured_exports_and_refuses(monkeypatch):
-    import llama_mobile.preflight as preflight
-    from llama_mobile.errors import ResourceError
-    from quantize.recipe import load_recipe
+    import llama_mobile.jobs.preflight as preflight
+    from llama_mobile.core.errors import ResourceError
+    from llama_mobile.quantize.recipe import load_recipe
 
     smol = MODEL_PRESETS["smollm2-135m-instruct"].architecture
     one_b = MODEL_PRESETS["llama3.2-1b"].architecture
@@ -44,9 +44,9 @@ def test_memory_preflight_matches_measured_exports_and_refuses(monkeypatch):
 
 
 def test_preflight_refuses_before_any_weight_is_read(monkeypatch, tmp_path):
-    import llama_mobile.preflight as preflight
-    from llama_mobile.errors import ResourceError
-    from llama_mobile.pipeline import run_export
+    import llama_mobile.jobs.preflight as preflight
+    from llama_mobile.core.errors import ResourceError
+    from llama_mobile.jobs.export_job import run_export
 
     monkeypatch.setattr(preflight, "available_bytes", lambda: 1 * 2**30)
     request = ExportRequest(model="llama3.2-3b", checkpoint=tmp_path / "never-read", recipe="8da4w",

@@ -1,12 +1,12 @@
 import pytest
 
-from llama_mobile.devices import DEVICES, get_device
-from llama_mobile.errors import ResourceError, UsageError
-from llama_mobile.pipeline import linear_widths
-from llama_mobile.plan import plan
-from llama_mobile.presets import MODEL_PRESETS
-from llama_mobile.targets import TARGETS
-from quantize.recipe import check_recipe_fits, load_recipe
+from llama_mobile.core.devices import DEVICES, get_device
+from llama_mobile.core.errors import ResourceError, UsageError
+from llama_mobile.core.presets import MODEL_PRESETS
+from llama_mobile.core.targets import TARGETS
+from llama_mobile.jobs.export_job import linear_widths
+from llama_mobile.jobs.plan import plan
+from llama_mobile.quantize.recipe import check_recipe_fits, load_recipe
 
 EXPECTED_RECIPES = {name: "8da4w-mixed" for name in DEVICES}
 

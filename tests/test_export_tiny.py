@@ -3,13 +3,13 @@ import json
 
 import torch
 
-from export.checkpoint import load_checkpoint
-from export.model import build_model
-from llama_mobile.manifest import schema_problems, verify_bundle
-from llama_mobile.tokenizer import Tokenizer
-from runtime_harness.generate import Runner
-from runtime_harness.greedy import eager_greedy, program_greedy
-from runtime_harness.program import Program
+from llama_mobile.core.manifest import schema_problems, verify_bundle
+from llama_mobile.core.tokenizer import Tokenizer
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.model import build_model
+from llama_mobile.runtime_harness.generate import Runner
+from llama_mobile.runtime_harness.greedy import eager_greedy, program_greedy
+from llama_mobile.runtime_harness.program import Program
 
 
 def eager_greedy_from(checkpoint, prompt_ids, steps, context=64):
@@ -40,7 +40,7 @@ def runner_printed_text(tokenizer, ids):
 
 
 def test_stream_filter_drops_end_tokens_and_the_stats_line():
-    from runtime_harness.generate import _ReportFilter
+    from llama_mobile.runtime_harness.generate import _ReportFilter
 
     out = []
     stream = _ReportFilter(out.append, hide=("<|im_end|>",))

@@ -4,7 +4,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llama_mobile.errors import LlamaMobileError
+from llama_mobile.core.errors import LlamaMobileError
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=8),
@@ -33,7 +33,7 @@ def only_project_errors(call):
 @FUZZ
 @given(objects_over(PARAMS_KEYS) | JSON_VALUES)
 def test_params_json(tmp_path, data):
-    from export.meta_loader import architecture_from_params
+    from llama_mobile.export.meta_loader import architecture_from_params
 
     path = tmp_path / "params.json"
     path.write_text(json.dumps(data))
@@ -43,7 +43,7 @@ def test_params_json(tmp_path, data):
 @FUZZ
 @given(objects_over(CONFIG_KEYS) | JSON_VALUES)
 def test_config_json(tmp_path, data):
-    from export.hf_loader import architecture_from_config
+    from llama_mobile.export.hf_loader import architecture_from_config
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
@@ -53,7 +53,7 @@ def test_config_json(tmp_path, data):
 @FUZZ
 @given(st.binary(max_size=64))
 def test_params_json_bytes(tmp_path, raw):
-    from export.meta_loader import architecture_from_params
+    from llama_mobile.export.meta_loader import architecture_from_params
 
     path = tmp_path / "params.json"
     path.write_bytes(raw)
@@ -66,7 +66,7 @@ def test_params_json_bytes(tmp_path, raw):
                        JSON_VALUES | objects_over(["scheme", "group_size", "symmetric", "algorithm", "pattern",
                                                    "min_top1"]), max_size=8))
 def test_recipe(data):
-    from quantize.recipe import parse_recipe
+    from llama_mobile.quantize.recipe import parse_recipe
 
     only_project_errors(lambda: parse_recipe(data, "fuzz.toml"))
 
@@ -74,7 +74,7 @@ def test_recipe(data):
 @FUZZ
 @given(JSON_VALUES | objects_over(["format", "schema_version", "files", "tool", "model", "runtime"]))
 def test_manifest(tmp_path, data):
-    from llama_mobile.manifest import verify_bundle
+    from llama_mobile.core.manifest import verify_bundle
 
     bundle = tmp_path / "bundle"
     bundle.mkdir(exist_ok=True)

@@ -7,10 +7,10 @@ import importlib.util
 import pytest
 import torch
 
-from export.checkpoint import load_checkpoint
-from llama_mobile.architecture import Architecture, RopeScaling
-from llama_mobile.errors import ConfigError, UsageError
-from runtime_harness.gguf_writer import tiktoken_merges, write_gguf
+from llama_mobile.core.architecture import Architecture, RopeScaling
+from llama_mobile.core.errors import ConfigError, UsageError
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.runtime_harness.gguf_writer import tiktoken_merges, write_gguf
 from tests.checkpoints import llama3_tokenizer_model, random_state_dict, write_meta
 
 LLAMA3_TINY = Architecture(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=192, vocab_size=128256,
@@ -38,9 +38,9 @@ def read_back(written):
 def small_vocabulary(monkeypatch):
     """Writes with a 300-token byte-level vocabulary instead of Llama 3's: quick files for the checks
     that are not about the vocabulary."""
-    from runtime_harness import gguf_writer
-    from llama_mobile.tokenizer import byte_level
-    from runtime_harness.gguf_writer import Vocabulary
+    from llama_mobile.core.tokenizer import byte_level
+    from llama_mobile.runtime_harness import gguf_writer
+    from llama_mobile.runtime_harness.gguf_writer import Vocabulary
 
     tokens = [byte_level(bytes([b])) for b in range(256)] + [f"<|special_{i}|>" for i in range(44)]
     vocab = Vocabulary(tokens, [1] * 256 + [3] * 44, [])
@@ -95,7 +95,7 @@ def test_tied_model_has_no_output_tensor(tmp_path, small_vocabulary):
 
     loaded = small_checkpoint(tmp_path, tied_embeddings=True)
     path = write_gguf(loaded, tmp_path / "tied.gguf")
-    from export.gguf_loader import architecture_from_gguf
+    from llama_mobile.export.gguf_loader import architecture_from_gguf
 
     reader = gguf.GGUFReader(str(path))
     names = {t.name for t in reader.tensors}
@@ -106,7 +106,7 @@ def test_tied_model_has_no_output_tensor(tmp_path, small_vocabulary):
 
 
 def test_rope_factors_that_are_not_llama3_scaling_are_refused(tmp_path, small_vocabulary, monkeypatch):
-    from runtime_harness import gguf_writer
+    from llama_mobile.runtime_harness import gguf_writer
 
     loaded = small_checkpoint(tmp_path, rope_scaling=RopeScaling())
     monkeypatch.setattr(gguf_writer, "rope_scale_factors",
@@ -132,10 +132,10 @@ def test_other_vocabularies_and_pruned_models_are_refused(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="needs the bench extra (llama-cpp-python); the loader tests above cover the file")
 def test_llama_cpp_runs_it_to_the_reference_logits(written):
-    from export.model import build_model, load_custom_ops
-    from llama_mobile.tokenizer import Tokenizer
-    from runtime_harness.parity import reference_logits
-    from runtime_harness.peer_quality import llama_cpp_logits
+    from llama_mobile.core.tokenizer import Tokenizer
+    from llama_mobile.export.model import build_model, load_custom_ops
+    from llama_mobile.runtime_harness.parity import reference_logits
+    from llama_mobile.runtime_harness.peer_quality import llama_cpp_logits
 
     loaded, path = written
     load_custom_ops()
@@ -149,7 +149,10 @@ def test_llama_cpp_runs_it_to_the_reference_logits(written):
 def test_hugging_face_tokenizer_json_gives_the_same_vocabulary(written, read_back):
     """A Llama 3 tokenizer.json (here: the one rebuilt from our GGUF) converts to the same tokens,
     types and merges as Meta's tiktoken file."""
-    from runtime_harness.gguf_writer import hf_vocabulary, tiktoken_vocabulary
+    from llama_mobile.runtime_harness.gguf_writer import (
+        hf_vocabulary,
+        tiktoken_vocabulary,
+    )
 
     loaded, _ = written
     from_meta = tiktoken_vocabulary(loaded.tokenizer_path, 128256, loaded.specials.names)
@@ -164,8 +167,8 @@ def test_bench_worker_decodes_greedily_from_llama_cpps_logits(written):
     without logits_all), past one n_batch of prompt: each token is the argmax of a full re-evaluation."""
     from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
 
-    from runtime_harness.bench_worker import llama_cpp_run
-    from runtime_harness.peer_quality import llama_cpp_logits
+    from llama_mobile.runtime_harness.bench_worker import llama_cpp_run
+    from llama_mobile.runtime_harness.peer_quality import llama_cpp_logits
 
     loaded, path = written
     text = " ".join([TEXT] * 20)  # > 512 tokens: the prompt goes in two batches

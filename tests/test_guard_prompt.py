@@ -4,10 +4,17 @@ import sys
 
 import pytest
 
-from llama_mobile.errors import RuntimeFailure, UsageError
-from runtime_harness.guard_prompt import (
-    CODE_INTERPRETER_ABUSE, LLAMA_GUARD_3_1B_CATEGORIES, WHITESPACE, GuardCategory, GuardReplyError, Turn,
-    format_guard_prompt, guard_template_for_manifest, parse_guard_reply,
+from llama_mobile.core.errors import RuntimeFailure, UsageError
+from llama_mobile.runtime_harness.guard_prompt import (
+    CODE_INTERPRETER_ABUSE,
+    LLAMA_GUARD_3_1B_CATEGORIES,
+    WHITESPACE,
+    GuardCategory,
+    GuardReplyError,
+    Turn,
+    format_guard_prompt,
+    guard_template_for_manifest,
+    parse_guard_reply,
 )
 
 # Meta's text written out by hand (llama-stack's Llama Guard shield in the Llama 3 chat format), not

@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from export.checkpoint import load_checkpoint
-from export.model import build_model
-from llama_mobile.architecture import Architecture
-from llama_mobile.tokenizer import Tokenizer
-from runtime_harness.guard import EagerModel, classify, label_token_ids
-from runtime_harness.guard_prompt import format_guard_prompt
-from runtime_harness.program import Program
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.tokenizer import Tokenizer
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.model import build_model
+from llama_mobile.runtime_harness.guard import EagerModel, classify, label_token_ids
+from llama_mobile.runtime_harness.guard_prompt import format_guard_prompt
+from llama_mobile.runtime_harness.program import Program
 from tests.checkpoints import llama3_tokenizer_model, random_state_dict, write_meta
 from tests.conftest import export_tiny
 
@@ -65,7 +65,7 @@ def test_guard_cli_batch_json(tiny_guard, tmp_path):
 
 
 def test_validate_reports_guard_verdict_agreement(tiny_guard):
-    from runtime_harness.validate import ValidationRequest, run_validation
+    from llama_mobile.jobs.validate_job import ValidationRequest, run_validation
 
     ckpt, result = tiny_guard
     report = run_validation(ValidationRequest(bundle=result.bundle, reference=ckpt, positions=32,

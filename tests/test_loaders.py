@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from export.checkpoint import load_checkpoint
-from llama_mobile.errors import CheckpointError, ConfigError, UsageError
+from llama_mobile.core.errors import CheckpointError, ConfigError, UsageError
+from llama_mobile.export.checkpoint import load_checkpoint
 from tests.checkpoints import TINY, write_hf, write_meta
 
 
@@ -25,7 +25,7 @@ def test_meta_and_hf_load_to_the_same_weights(tiny_meta, tiny_hf, tiny_state):
 
 
 def test_hf_rope_permutation_round_trips():
-    from export.hf_loader import hf_to_meta_rope, meta_to_hf_rope
+    from llama_mobile.export.hf_loader import hf_to_meta_rope, meta_to_hf_rope
 
     w = torch.arange(8 * 3 * 5, dtype=torch.float32).reshape(24, 5)
     assert torch.equal(hf_to_meta_rope(meta_to_hf_rope(w, 4), 4), w)
@@ -140,14 +140,14 @@ def test_embedded_gguf_loads_with_the_preset_shapes():
     assert (arch.n_layers, arch.dim, arch.n_heads, arch.n_kv_heads, arch.vocab_size) == (30, 576, 9, 3, 49152)
     assert arch.tied_embeddings and "output.weight" not in loaded.state_dict
     assert loaded.tokenizer_path.name == "tokenizer.json"
-    from llama_mobile.tokenizer import Tokenizer
+    from llama_mobile.core.tokenizer import Tokenizer
 
     ids = Tokenizer(loaded.tokenizer_path).encode("<|im_start|>user\nHello<|im_end|>")
     assert ids[0] == 1 and ids[-1] == 2
 
 
 def test_truncated_gguf_is_a_clear_error(tmp_path):
-    from export.embedded import embedded_checkpoint
+    from llama_mobile.export.embedded import embedded_checkpoint
 
     source = embedded_checkpoint("smollm2-135m-instruct")
     with open(source, "rb") as handle:
@@ -157,7 +157,7 @@ def test_truncated_gguf_is_a_clear_error(tmp_path):
 
 
 def test_tokenizer_that_does_not_match_the_model_is_refused(tmp_path, tiny_state):
-    from llama_mobile.errors import TokenizerError
+    from llama_mobile.core.errors import TokenizerError
     from tests.checkpoints import write_tiny_tokenizer_json
     from tests.conftest import export_tiny
 

@@ -3,11 +3,11 @@ import dataclasses
 
 import torch
 
-from export.lower import lower, runner_metadata
-from export.model import build_model
-from llama_mobile.targets import get_target
-from quantize.apply import quantize_model
-from quantize.recipe import load_recipe
+from llama_mobile.core.targets import get_target
+from llama_mobile.export.lower import lower, runner_metadata
+from llama_mobile.export.model import build_model
+from llama_mobile.quantize.apply import quantize_model
+from llama_mobile.quantize.recipe import load_recipe
 from tests.checkpoints import TINY, random_state_dict
 
 TIED = dataclasses.replace(TINY, n_layers=2, tied_embeddings=True)
@@ -30,7 +30,7 @@ def test_edge_passes_are_fused_into_two_retraces():
     from executorch.exir import EdgeCompileConfig
     from executorch.exir.program import _program
 
-    from export.lower import fused_edge_passes
+    from llama_mobile.export.lower import fused_edge_passes
 
     stock, _ = _program._get_aten_to_edge_passes(EdgeCompileConfig())
     with fused_edge_passes():
@@ -46,7 +46,10 @@ def test_edge_passes_are_fused_into_two_retraces():
 def test_only_op_specific_passes_are_skipped(custom_ops):
     from executorch.backends.xnnpack import _passes
 
-    from export.backends.xnnpack import OP_SPECIFIC_PASSES, lowering_context
+    from llama_mobile.export.backends.xnnpack import (
+        OP_SPECIFIC_PASSES,
+        lowering_context,
+    )
 
     exported = torch.export.export(torch.nn.Linear(4, 4), (torch.ones(1, 4),))
     stock = [p.__name__ for p in _passes.XNNPACKPassManager(exported).passes]
@@ -74,7 +77,7 @@ def test_only_op_specific_passes_are_skipped(custom_ops):
 def test_partitions_are_copied_for_preprocessing_without_their_weights():
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
-    from export.backends.xnnpack import lowering_context
+    from llama_mobile.export.backends.xnnpack import lowering_context
 
     exported = torch.export.export(torch.nn.Linear(4, 4), (torch.ones(1, 4),))
     stock = XnnpackBackend.copy_exported_program_for_preprocess(exported, [])

@@ -3,8 +3,12 @@ import math
 import pytest
 import torch
 
-from runtime_harness.metrics import compare_logits, kl_per_position, perplexity
-from runtime_harness.parity import gate
+from llama_mobile.runtime_harness.metrics import (
+    compare_logits,
+    kl_per_position,
+    perplexity,
+)
+from llama_mobile.runtime_harness.parity import gate
 
 
 def test_identical_logits_are_perfect():

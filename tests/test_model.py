@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from export.model import apply_rope, build_model, rope_frequencies, rope_tables
-from llama_mobile.presets import LLAMA3_ROPE
+from llama_mobile.core.presets import LLAMA3_ROPE
+from llama_mobile.export.model import (
+    apply_rope,
+    build_model,
+    rope_frequencies,
+    rope_tables,
+)
 from tests.checkpoints import TINY, random_state_dict
 
 
@@ -50,7 +55,7 @@ def test_incremental_decode_equals_full_forward(custom_ops):
 
 def test_standard_attention_matches_custom_ops_on_prefill_and_decode():
     """The sdpa kernel (for Core ML, QNN, Vulkan) computes what ExecuTorch's custom ops compute."""
-    from export.model import build_model, load_custom_ops
+    from llama_mobile.export.model import build_model, load_custom_ops
     from tests.checkpoints import TINY, random_state_dict
 
     load_custom_ops()
@@ -68,7 +73,7 @@ def test_standard_attention_matches_custom_ops_on_prefill_and_decode():
 
 
 def test_build_model_rejects_unknown_attention_kernel():
-    from export.model import build_model
+    from llama_mobile.export.model import build_model
     from tests.checkpoints import TINY, random_state_dict
 
     with pytest.raises(ValueError, match="attention_kernel"):

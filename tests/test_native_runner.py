@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtime_harness import native_runner
-from runtime_harness.bench import BenchRequest, run_bench
+from llama_mobile.jobs.bench_job import BenchRequest, run_bench
+from llama_mobile.runtime_harness import native_runner
 
 pytestmark = pytest.mark.skipif(native_runner.compiler() is None, reason="no C++ compiler on this machine")
 XNNPACK_FP32 = {"target": {"backend": "xnnpack"}, "recipe": {"dtype": "fp32"}}
@@ -26,7 +26,7 @@ def runner_binary(tmp_path_factory):
 
 def python_runtime_logits(program, prompt: list[int], new_tokens: int, max_seq_len: int = 48) -> np.ndarray:
     """The last position's logits after the prompt and after each greedy step, from the Python bindings."""
-    from runtime_harness.program import Program
+    from llama_mobile.runtime_harness.program import Program
 
     loaded = Program(program)
     for begin in range(0, len(prompt), max_seq_len):
@@ -66,7 +66,7 @@ def test_native_process_holds_no_torch(tiny_8da4w_bundle, runner_binary):
 
 
 def test_native_runner_errors_name_the_problem(tiny_fp32_bundle, runner_binary, tmp_path):
-    from llama_mobile.errors import RuntimeFailure
+    from llama_mobile.core.errors import RuntimeFailure
 
     with pytest.raises(RuntimeFailure, match="exceed the program's context of 64"):
         native_runner.run(tiny_fp32_bundle.bundle / "model.pte", list(range(60)), 8, 1, binary=runner_binary)
@@ -84,20 +84,20 @@ def test_bench_uses_the_native_runner_and_records_it(tiny_fp32_bundle, runner_bi
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch):
-    from llama_mobile.errors import ResourceError
+    from llama_mobile.core.errors import ResourceError
 
     monkeypatch.setattr(native_runner, "compiler", lambda: None)
     with pytest.raises(ResourceError, match="no C\\+\\+ compiler") as caught:
         native_runner.build()
     assert "--runtime python" in caught.value.fix
-    from runtime_harness.bench import resolve_runtime
+    from llama_mobile.jobs.bench_job import resolve_runtime
 
     assert resolve_runtime("auto", XNNPACK_FP32) == "python"
 
 
 def test_bundles_the_native_runner_cannot_run_go_to_the_python_runtime():
-    from llama_mobile.errors import UsageError
-    from runtime_harness.bench import resolve_runtime
+    from llama_mobile.core.errors import UsageError
+    from llama_mobile.jobs.bench_job import resolve_runtime
 
     assert resolve_runtime("auto", XNNPACK_FP32) == "native"
     fp16 = {"target": {"backend": "xnnpack"}, "recipe": {"dtype": "fp16"}}

@@ -3,14 +3,23 @@ import dataclasses
 import pytest
 from click.testing import CliRunner
 
-from export.backends import backend_module, bind_device, sdk_problem
 from llama_mobile.cli import main
-from llama_mobile.devices import DEVICES, get_device
-from llama_mobile.errors import ConfigError, ExportError, UsageError
-from llama_mobile.pipeline import ExportRequest, check_request
-from llama_mobile.targets import TARGETS, get_target
-from quantize.pt2e import neuropilot_quant_settings, qnn_quant_settings, quant_settings
-from quantize.recipe import Pt2eQuant, check_recipe_fits, load_recipe, parse_recipe
+from llama_mobile.core.devices import DEVICES, get_device
+from llama_mobile.core.errors import ConfigError, ExportError, UsageError
+from llama_mobile.core.targets import TARGETS, get_target
+from llama_mobile.export.backends import backend_module, bind_device, sdk_problem
+from llama_mobile.jobs.export_job import ExportRequest, check_request
+from llama_mobile.quantize.pt2e import (
+    neuropilot_quant_settings,
+    qnn_quant_settings,
+    quant_settings,
+)
+from llama_mobile.quantize.recipe import (
+    Pt2eQuant,
+    check_recipe_fits,
+    load_recipe,
+    parse_recipe,
+)
 
 NPU_CHOICE = {"snapdragon-8-gen-3": ("qnn-htp", "SM8650"), "snapdragon-8-elite": ("qnn-htp", "SM8750"),
               "dimensity-9300": ("neuropilot", "mt6989"), "dimensity-9400": ("neuropilot", "mt6991")}
@@ -172,7 +181,7 @@ def test_settings_name_real_quantizer_enums():
     for device in DEVICES.values():
         if device.npu and device.npu.backend == "qnn" and device.npu.chip:
             QcomChipset[device.npu.chip]
-    from export.backends.neuropilot import PLATFORMS
+    from llama_mobile.export.backends.neuropilot import PLATFORMS
 
     assert {d.npu.chip for d in DEVICES.values() if d.npu and d.npu.target == "neuropilot"} <= set(PLATFORMS)
 
@@ -207,8 +216,8 @@ def test_qnn_pt2e_quantizes_a_tiny_model_without_the_sdk(monkeypatch, tiny_state
     """QnnQuantizer needs no SDK library to annotate: the whole-graph 8a8w recipe runs here."""
     import torch
 
-    from export.model import build_model
-    from quantize.pt2e import quantize_for_target
+    from llama_mobile.export.model import build_model
+    from llama_mobile.quantize.pt2e import quantize_for_target
     from tests.checkpoints import TINY
 
     monkeypatch.setenv("QNN_SDK_ROOT", "")  # empty: ExecuTorch leaves the SDK to the caller (no download)
@@ -228,7 +237,7 @@ def test_qnn_pt2e_quantizes_a_tiny_model_without_the_sdk(monkeypatch, tiny_state
 def test_vulkan_lowers_the_tiny_model_whole(tiny_hf, tmp_path):
     """Vulkan keeps ExecuTorch's llama custom ops (it has kernels for them): one delegate, nothing outside.
     The host has no GPU, so the program is not run (--no-validate)."""
-    from llama_mobile.pipeline import run_export
+    from llama_mobile.jobs.export_job import run_export
 
     request = ExportRequest(model="llama", checkpoint=tiny_hf, recipe="8da4w", target="vulkan",
                             output_dir=tmp_path, context=64, positions=48, validate=False)

@@ -1,9 +1,9 @@
 import pytest
 
-from llama_mobile.devices import get_device
-from llama_mobile.plan import kv_cache_bytes, plan, predict_size
-from llama_mobile.presets import MODEL_PRESETS
-from quantize.recipe import load_recipe, parse_recipe
+from llama_mobile.core.devices import get_device
+from llama_mobile.core.presets import MODEL_PRESETS
+from llama_mobile.jobs.plan import kv_cache_bytes, plan, predict_size
+from llama_mobile.quantize.recipe import load_recipe, parse_recipe
 
 MIB = 2**20
 SMOLLM2 = MODEL_PRESETS["smollm2-135m-instruct"].architecture

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.checkpoint import load_checkpoint
-from export.model import build_model
-from llama_mobile.architecture import Architecture
-from llama_mobile.errors import UsageError
-from llama_mobile.prune_job import PruneRequest, run_prune
-from quantize.prune import attention, blocks, mlp, vocab
-from quantize.prune.distill import DistillConfig, distill
-from quantize.prune.importance import measure_importance
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.errors import UsageError
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.model import build_model
+from llama_mobile.jobs.prune_job import PruneRequest, run_prune
+from llama_mobile.quantize.prune import attention, blocks, mlp, vocab
+from llama_mobile.quantize.prune.distill import DistillConfig, distill
+from llama_mobile.quantize.prune.importance import measure_importance
 from tests.checkpoints import TINY, random_state_dict
 
 TINY3 = TINY.replace(n_layers=3)
@@ -139,8 +139,8 @@ def test_distillation_lowers_the_kl_and_resumes_where_it_stopped(tmp_path):
 
 
 def test_an_interrupted_prune_resumes_its_distillation(tiny_hf, tmp_path):
-    from llama_mobile.progress import Progress
-    from llama_mobile.prune_job import STAGES
+    from llama_mobile.core.progress import Progress
+    from llama_mobile.jobs.prune_job import STAGES
 
     def stop_after_first_step(line):
         if "step 1/3" in line:
@@ -206,9 +206,9 @@ def test_export_takes_a_checkpoint_folder_as_model(tmp_path):
 
 def test_pruned_guard_shapes_fit_meta_size_under_guard_int4():
     """Llama Guard 3-1B-INT4's shapes: 12 blocks, MLP 6400, output cut to the Guard tokens."""
-    from llama_mobile.plan import predict_size
-    from llama_mobile.presets import MODEL_PRESETS
-    from quantize.recipe import load_recipe
+    from llama_mobile.core.presets import MODEL_PRESETS
+    from llama_mobile.jobs.plan import predict_size
+    from llama_mobile.quantize.recipe import load_recipe
 
     guard = MODEL_PRESETS["llama-guard-3-1b"].architecture
     pruned = guard.replace(n_layers=12, ffn_hidden=6400, tied_embeddings=False,

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.checkpoint import load_checkpoint
-from export.model import build_model
-from llama_mobile.architecture import Architecture
-from llama_mobile.tokenizer import Tokenizer
-from runtime_harness.guard import EagerModel, classify
-from runtime_harness.guard_prompt import format_guard_prompt
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.tokenizer import Tokenizer
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.model import build_model
+from llama_mobile.runtime_harness.guard import EagerModel, classify
+from llama_mobile.runtime_harness.guard_prompt import format_guard_prompt
 from tests.checkpoints import llama3_tokenizer_model, random_state_dict, write_meta
 from tests.conftest import export_tiny
 
@@ -114,13 +114,13 @@ def test_pruned_guard_bundle_gives_the_unpruned_verdict(pruned_guard, custom_ops
 @pytest.mark.slow
 def test_pruned_guard_real_shapes_export_under_guard_int4_fits_438_mib(tmp_path):
     """Random weights at Llama Guard 3-1B-INT4's pruned shapes (12 blocks, MLP 6400, the Guard output rows)."""
-    from export.hf_writer import write_hf_checkpoint
-    from llama_mobile.pipeline import ExportRequest, run_export
-    from llama_mobile.plan import predict_size
-    from llama_mobile.presets import LLAMA3_SPECIALS, MODEL_PRESETS
-    from quantize.prune.vocab import guard_token_ids
-    from quantize.recipe import load_recipe
-    from runtime_harness.guard_prompt import LLAMA_GUARD_3_1B_CATEGORIES
+    from llama_mobile.core.presets import LLAMA3_SPECIALS, MODEL_PRESETS
+    from llama_mobile.export.hf_writer import write_hf_checkpoint
+    from llama_mobile.jobs.export_job import ExportRequest, run_export
+    from llama_mobile.jobs.plan import predict_size
+    from llama_mobile.quantize.prune.vocab import guard_token_ids
+    from llama_mobile.quantize.recipe import load_recipe
+    from llama_mobile.runtime_harness.guard_prompt import LLAMA_GUARD_3_1B_CATEGORIES
 
     tokenizer = Tokenizer(llama3_tokenizer_model())
     keep = guard_token_ids(tokenizer, LLAMA3_SPECIALS.eos_ids, [c.code for c in LLAMA_GUARD_3_1B_CATEGORIES])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llama_mobile.prune_job import PruneRequest, run_prune
+from llama_mobile.jobs.prune_job import PruneRequest, run_prune
 
 SETTINGS = dict(model="smollm2-135m-instruct", checkpoint=None, drop_blocks=8, seq_len=64, calibration_windows=16,
                 eval_windows=6, distill_steps=60, lr=1e-4, dtype="bf16")

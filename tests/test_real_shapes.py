@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from llama_mobile.presets import MODEL_PRESETS
-from llama_mobile.pipeline import ExportRequest, run_export
+from llama_mobile.core.presets import MODEL_PRESETS
+from llama_mobile.jobs.export_job import ExportRequest, run_export
 from tests.checkpoints import llama3_tokenizer_model, random_state_dict, write_meta
 
 MIB = 2**20
@@ -30,8 +30,8 @@ def test_llama32_quantized_matches_metas_published_size(llama_1b_checkpoint, tmp
           f"peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB, stages {result.seconds}")
     # Meta's release stored int4 group scales in 4 bytes and the tied 8-bit matrix twice; here scales are
     # bf16 (XNNPACK's qb4w kernels take them so) and the matrix is stored once in model.ptd: ~310 MiB less.
-    from llama_mobile.plan import predict_size
-    from quantize.recipe import load_recipe
+    from llama_mobile.jobs.plan import predict_size
+    from llama_mobile.quantize.recipe import load_recipe
 
     arch = MODEL_PRESETS["llama3.2-1b"].architecture
     recipe = load_recipe("llama3.2-quantized")
@@ -40,7 +40,7 @@ def test_llama32_quantized_matches_metas_published_size(llama_1b_checkpoint, tmp
                          tied_stored_once=False).total / MIB
     assert abs(pte_mib - ours) / ours < 0.02
     assert abs(metas - 1083) / 1083 < 0.01 and pte_mib < 1083
-    from runtime_harness.program import Program
+    from llama_mobile.runtime_harness.program import Program
 
     logits = Program(result.bundle / "model.pte").forward(torch.tensor([[128000, 9906]]), 0)
     assert logits.shape == (1, 128256) and torch.isfinite(logits).all()
@@ -49,7 +49,7 @@ def test_llama32_quantized_matches_metas_published_size(llama_1b_checkpoint, tmp
 @pytest.fixture(scope="module")
 def llama_3b_checkpoint(tmp_path_factory):
     """6.4 GB of bf16, generated a tensor at a time (never 12.8 GB of float32)."""
-    from export.model import expected_shapes
+    from llama_mobile.export.model import expected_shapes
 
     arch = MODEL_PRESETS["llama3.2-3b"].architecture
     generator = torch.Generator().manual_seed(0)
@@ -69,8 +69,8 @@ def test_3b_export_fits_in_12_gb(llama_3b_checkpoint, tmp_path):
     import subprocess
     import sys
 
-    from llama_mobile.preflight import export_peak_bytes
-    from quantize.recipe import load_recipe
+    from llama_mobile.jobs.preflight import export_peak_bytes
+    from llama_mobile.quantize.recipe import load_recipe
 
     completed = subprocess.run(
         [sys.executable, "-m", "llama_mobile.cli", "export", "--model", "llama3.2-3b", "--checkpoint",

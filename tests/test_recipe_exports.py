@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from llama_mobile.targets import get_target
-from quantize.recipe import load_recipe, shipped_recipes
-from runtime_harness.program import Program
+from llama_mobile.core.targets import get_target
+from llama_mobile.quantize.recipe import load_recipe, shipped_recipes
+from llama_mobile.runtime_harness.program import Program
 from tests.checkpoints import TINY_WIDE, random_state_dict, write_hf
 from tests.conftest import export_tiny
 
@@ -30,7 +30,7 @@ def test_recipe_exports_and_runs(name, wide_hf, tmp_path):
     target = get_target("xnnpack")
     runnable = {recipe.linear.scheme, recipe.output.scheme} <= set(target.linear_schemes)
     if not runnable:
-        from llama_mobile.errors import UsageError
+        from llama_mobile.core.errors import UsageError
 
         with pytest.raises(UsageError, match="cannot run"):
             export_tiny(wide_hf, tmp_path, name, validate=False)

@@ -1,10 +1,15 @@
 
 import pytest
 
-from llama_mobile.errors import ConfigError, UsageError
-from llama_mobile.pipeline import linear_widths
-from llama_mobile.presets import MODEL_PRESETS
-from quantize.recipe import check_recipe_fits, load_recipe, parse_recipe, shipped_recipes
+from llama_mobile.core.errors import ConfigError, UsageError
+from llama_mobile.core.presets import MODEL_PRESETS
+from llama_mobile.jobs.export_job import linear_widths
+from llama_mobile.quantize.recipe import (
+    check_recipe_fits,
+    load_recipe,
+    parse_recipe,
+    shipped_recipes,
+)
 
 
 @pytest.mark.parametrize("name", list(shipped_recipes()))
@@ -70,11 +75,14 @@ def test_unknown_recipe_names_the_choices(tmp_path):
 
 
 def test_torchao_configs_match_the_scheme():
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
-    from torchao.quantization.granularity import PerAxis, PerGroup
     import torch
+    from torchao.quantization import (
+        Int8DynamicActivationIntxWeightConfig,
+        IntxWeightOnlyConfig,
+    )
+    from torchao.quantization.granularity import PerAxis, PerGroup
 
-    from quantize.apply import torchao_config
+    from llama_mobile.quantize.apply import torchao_config
 
     recipe = load_recipe("8da4w")
     linear = torchao_config(recipe.linear)

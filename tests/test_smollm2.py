@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from llama_mobile.manifest import verify_bundle
-from llama_mobile.pipeline import ExportRequest, run_export
-from runtime_harness.generate import Runner
+from llama_mobile.core.manifest import verify_bundle
+from llama_mobile.jobs.export_job import ExportRequest, run_export
+from llama_mobile.runtime_harness.generate import Runner
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from llama_mobile.errors import ParityFailure
-from llama_mobile.pipeline import ExportRequest, run_export
+from llama_mobile.core.errors import ParityFailure
+from llama_mobile.jobs.export_job import ExportRequest, run_export
 
 pytestmark = pytest.mark.slow
 

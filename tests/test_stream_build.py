@@ -6,11 +6,11 @@ import dataclasses
 import pytest
 import torch
 
-from export.model import build_model, skeleton
-from export.stream_build import fill_streaming
-from quantize.apply import PartQuantizer, quantize_model
-from quantize.recipe import load_recipe
-from runtime_harness.parity import reference_logits
+from llama_mobile.export.model import build_model, skeleton
+from llama_mobile.export.stream_build import fill_streaming
+from llama_mobile.quantize.apply import PartQuantizer, quantize_model
+from llama_mobile.quantize.recipe import load_recipe
+from llama_mobile.runtime_harness.parity import reference_logits
 from tests.checkpoints import TINY, random_state_dict
 
 TIED = dataclasses.replace(TINY, dim=128, ffn_hidden=256, tied_embeddings=True)
@@ -71,7 +71,7 @@ def test_blockwise_hqq_equals_torchaos(shape, group, bits, monkeypatch):
         _choose_qparams_and_quantize_scale_only_hqq as torchaos,
     )
 
-    from quantize import rowwise
+    from llama_mobile.quantize import rowwise
 
     monkeypatch.setattr(rowwise, "BLOCK_ELEMENTS", 2048)  # many blocks even for a small matrix
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -88,7 +88,7 @@ def test_blockwise_hqq_keeps_torchaos_global_early_stop(monkeypatch):
         _choose_qparams_and_quantize_scale_only_hqq as torchaos,
     )
 
-    from quantize import rowwise
+    from llama_mobile.quantize import rowwise
 
     monkeypatch.setattr(rowwise, "BLOCK_ELEMENTS", 512)
     generator = torch.Generator().manual_seed(2)
@@ -100,7 +100,7 @@ def test_blockwise_hqq_keeps_torchaos_global_early_stop(monkeypatch):
 
 
 def test_paged_out_checkpoint_reads_back_the_same(tmp_path):
-    from export.pages import release_pages
+    from llama_mobile.export.pages import release_pages
 
     path = tmp_path / "w.pth"
     torch.save({"a": torch.randn(300, 1000), "b": torch.arange(5000.0)}, path)
@@ -117,8 +117,8 @@ def test_rowwise_affine_equals_torchaos(recipe_part, monkeypatch):
     """Embeddings and affine linears quantized a few rows at a time: the same qdata, scales, zero points."""
     from torchao.quantization import quantize_
 
-    from quantize import rowwise
-    from quantize.apply import torchao_config
+    from llama_mobile.quantize import rowwise
+    from llama_mobile.quantize.apply import torchao_config
 
     monkeypatch.setattr(rowwise, "AFFINE_BLOCK_ELEMENTS", 1000)
     recipe_name, part = recipe_part

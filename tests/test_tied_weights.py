@@ -4,8 +4,8 @@ import dataclasses
 import pytest
 import torch
 
-from llama_mobile.plan import predict_size
-from quantize.recipe import load_recipe
+from llama_mobile.jobs.plan import predict_size
+from llama_mobile.quantize.recipe import load_recipe
 from tests.checkpoints import TINY, random_state_dict, write_hf
 from tests.conftest import export_tiny
 
@@ -31,8 +31,8 @@ def test_recipes_say_when_tied_weights_can_be_shared():
 
 
 def test_shared_quantization_uses_one_tensor_for_lookup_and_matmul(custom_ops):
-    from export.model import build_model
-    from quantize.apply import quantize_model
+    from llama_mobile.export.model import build_model
+    from llama_mobile.quantize.apply import quantize_model
 
     model = build_model(TIED, 32, random_state_dict(TIED, seed=5))
     configs = quantize_model(model, load_recipe("8da4w-mixed"), tied=True)
@@ -54,8 +54,8 @@ def test_tied_bundle_stores_the_matrix_once_and_runs(tied_bundle):
 
 
 def test_runner_and_program_load_the_external_weights(tied_bundle):
-    from runtime_harness.generate import Runner
-    from runtime_harness.program import Program
+    from llama_mobile.runtime_harness.generate import Runner
+    from llama_mobile.runtime_harness.program import Program
 
     bundle = tied_bundle.bundle
     logits = Program(bundle / "model.pte").forward(torch.tensor([[1, 2, 3]]), 0)
@@ -67,7 +67,7 @@ def test_runner_and_program_load_the_external_weights(tied_bundle):
 def test_single_file_keeps_everything_in_the_program(tied_hf, tmp_path):
     single = export_tiny(tied_hf, tmp_path, "8da4w-mixed", single_file=True, validate=False)
     assert single.manifest["runtime"]["weights"] is None and "model.ptd" not in single.manifest["files"]
-    from runtime_harness.program import Program
+    from llama_mobile.runtime_harness.program import Program
 
     logits = Program(single.bundle / "model.pte").forward(torch.tensor([[1, 2, 3]]), 0)
     assert torch.isfinite(logits).all()
@@ -77,8 +77,8 @@ def test_verify_refuses_weights_the_files_do_not_list(tied_bundle, tmp_path):
     import json
     import shutil
 
-    from llama_mobile.errors import BundleError
-    from llama_mobile.manifest import verify_bundle
+    from llama_mobile.core.errors import BundleError
+    from llama_mobile.core.manifest import verify_bundle
 
     copy = tmp_path / "copy"
     shutil.copytree(tied_bundle.bundle, copy)

@@ -2,8 +2,7 @@ import json
 import subprocess
 import sys
 
-
-from runtime_harness.validate import ValidationRequest, run_validation
+from llama_mobile.jobs.validate_job import ValidationRequest, run_validation
 from tests.checkpoints import TINY, write_hf
 from tests.conftest import export_tiny
 

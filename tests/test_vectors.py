@@ -5,11 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from llama_mobile.errors import BundleError, UsageError
-from llama_mobile.manifest import schema_problems, verify_bundle
-from llama_mobile.presets import MODEL_PRESETS, ChatTemplate
-from runtime_harness.guard_prompt import (
-    GuardReplyError, format_guard_prompt, guard_template_for_manifest, parse_guard_reply,
+from llama_mobile.core.errors import BundleError, UsageError
+from llama_mobile.core.manifest import schema_problems, verify_bundle
+from llama_mobile.core.presets import MODEL_PRESETS, ChatTemplate
+from llama_mobile.runtime_harness.guard_prompt import (
+    GuardReplyError,
+    format_guard_prompt,
+    guard_template_for_manifest,
+    parse_guard_reply,
 )
 
 VECTORS = Path(__file__).parent / "vectors"

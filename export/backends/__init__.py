@@ -11,15 +11,16 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from llama_mobile.errors import ExportError
-from llama_mobile.targets import Target
+from llama_mobile.core.devices import DEVICES, get_device
+from llama_mobile.core.errors import ExportError, UsageError
+from llama_mobile.core.targets import Target
 
 
 def backend_module(target: Target) -> ModuleType:
     try:
-        return importlib.import_module(f"export.backends.{target.backend}")
+        return importlib.import_module(f"llama_mobile.export.backends.{target.backend}")
     except ModuleNotFoundError as exc:
-        if exc.name != f"export.backends.{target.backend}":
+        if exc.name != f"llama_mobile.export.backends.{target.backend}":
             raise
         raise ExportError(f"backend {target.backend!r} is not available in this build",
                           fix="use --target xnnpack") from None
@@ -35,11 +36,9 @@ def bind_device(target: Target, device_name: str | None) -> Target:
     """NPU targets compile for one SoC: take it from the device preset (recorded in the target's options)."""
     import dataclasses
 
-    from llama_mobile.errors import UsageError
 
     if target.backend not in NPU_BACKENDS:
         return target
-    from llama_mobile.devices import DEVICES, get_device
 
     known = [n for n, d in DEVICES.items() if d.npu and d.npu.target == target.name]
     fix = f"pass --device {' or '.join(known)}"

@@ -8,10 +8,8 @@ running the model needs macOS.
 """
 from __future__ import annotations
 
-import platform
-
-from llama_mobile.errors import ExportError
-from llama_mobile.targets import Target
+from llama_mobile.core.errors import ExportError
+from llama_mobile.core.targets import Target
 
 # ExecuTorch's custom llama ops have no Core ML lowering; the fp16 graph needs an RMSNorm that does not
 # square the residual stream.
@@ -69,8 +67,3 @@ def partitioners(target: Target) -> list:
     # ExecuTorch owns the cache and passes it in and out of the model at every call.
     return [CoreMLPartitioner(compile_specs=compile_specs(target, precision),
                               take_over_mutable_buffer=bool(target.option("state", False)))]
-
-
-def can_run_here() -> bool:
-    """Core ML models compile and run only on macOS."""
-    return platform.system() == "Darwin"

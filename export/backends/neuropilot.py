@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
-from llama_mobile.errors import ExportError
-from llama_mobile.targets import Target
+from llama_mobile.core.errors import ExportError
+from llama_mobile.core.targets import Target
 
 MODEL_OPTIONS: dict = {"attention_kernel": "sdpa"}  # plain ops: the APU has no kernel for ExecuTorch's llama ops
 

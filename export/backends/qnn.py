@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from llama_mobile.errors import ExportError
-from llama_mobile.targets import Target
+from llama_mobile.core.errors import ExportError
+from llama_mobile.core.targets import Target
 
 MODEL_OPTIONS: dict = {"attention_kernel": "sdpa"}  # plain ops: HTP has no kernel for ExecuTorch's llama ops
 
@@ -63,8 +63,10 @@ def check_environment(target: Target) -> None:
 
 def compile_specs(chip: str) -> list:
     from executorch.backends.qualcomm.serialization.qc_schema import QcomChipset
-    from executorch.backends.qualcomm.utils.utils import (generate_htp_compiler_spec,
-                                                         generate_qnn_executorch_compiler_spec)
+    from executorch.backends.qualcomm.utils.utils import (
+        generate_htp_compiler_spec,
+        generate_qnn_executorch_compiler_spec,
+    )
 
     return generate_qnn_executorch_compiler_spec(soc_model=QcomChipset[chip],
                                                  backend_options=generate_htp_compiler_spec(use_fp16=False))

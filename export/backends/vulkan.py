@@ -6,7 +6,7 @@ variant fails in the partitioner's passes.
 """
 from __future__ import annotations
 
-from llama_mobile.targets import Target
+from llama_mobile.core.targets import Target
 
 MODEL_OPTIONS: dict = {}
 
@@ -20,6 +20,8 @@ def check_environment(target: Target) -> None:
 
 
 def partitioners(target: Target) -> list:
-    from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+    from executorch.backends.vulkan.partitioner.vulkan_partitioner import (
+        VulkanPartitioner,
+    )
 
     return [VulkanPartitioner()]

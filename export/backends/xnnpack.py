@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
-from llama_mobile.targets import Target
+from llama_mobile.core.targets import Target
 
 MODEL_OPTIONS: dict = {}
 
@@ -13,7 +13,9 @@ def check_environment(target: Target) -> None:
 
 
 def partitioners(target: Target) -> list:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
 
     return [XnnpackPartitioner()]
 
@@ -85,7 +87,10 @@ def _without_retrace(propagate_custom_meta: type) -> type:
 
     class PropagateCustomMetaWithoutRetrace(propagate_custom_meta):
         def call(self, graph_module):
-            from executorch.backends.xnnpack.utils.quant_utils import is_dequant, is_quant
+            from executorch.backends.xnnpack.utils.quant_utils import (
+                is_dequant,
+                is_quant,
+            )
             from executorch.exir.pass_base import PassResult
 
             for node in graph_module.graph.nodes:

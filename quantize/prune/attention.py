@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from llama_mobile.architecture import Architecture
-from llama_mobile.errors import UsageError
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.errors import UsageError
 
 
 def choose_groups(arch: Architecture, kv_heads: int, importance: list[torch.Tensor]) -> list[torch.Tensor]:

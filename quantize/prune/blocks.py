@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from llama_mobile.architecture import Architecture
-from llama_mobile.errors import UsageError
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.errors import UsageError
 
 BLOCK_METHODS = ("importance", "last")
 

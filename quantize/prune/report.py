@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from llama_mobile.architecture import Architecture
+from llama_mobile.core.architecture import Architecture
 
 REPORT_NAME = "prune_report.json"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from llama_mobile.architecture import Architecture
-from llama_mobile.errors import UsageError
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.errors import UsageError
 
 GUARD = "guard"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llama_mobile.architecture import Architecture, RopeScaling
-from llama_mobile.errors import UsageError
+from llama_mobile.core.architecture import Architecture, RopeScaling
+from llama_mobile.core.errors import UsageError
 
 LLAMA3_ROPE = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=8192)
 

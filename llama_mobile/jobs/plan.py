@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from llama_mobile.architecture import Architecture
-from llama_mobile.devices import Device
-from llama_mobile.errors import ResourceError, UsageError
-from quantize.recipe import LayerQuant, Recipe
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.devices import Device
+from llama_mobile.core.errors import ResourceError, UsageError
+from llama_mobile.quantize.recipe import LayerQuant, Recipe
 
 GROUP_SCALE_BYTES = 2  # bf16, as XNNPACK's qb4w kernels take them
 ROW_SCALE_BYTES = 4  # fp32

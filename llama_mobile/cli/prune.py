@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from llama_mobile.presets import GENERIC_MODEL, MODEL_PRESETS
+from llama_mobile.cli.common import quiet_libraries, say
+from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
 
 
 def _int_list(ctx, param, value):
@@ -70,18 +71,17 @@ def prune(model, checkpoint, output, drop_blocks, drop_blocks_at, block_choice, 
       llama-mobile prune --model smollm2-135m-instruct --drop-blocks 8 --distill-steps 100 --seq-len 64 -o smol-22/
       llama-mobile export --model llama --checkpoint pruned/ --recipe guard-int4
     """
-    from llama_mobile.cli import _quiet_libraries, _say
-    from llama_mobile.progress import Progress
-    from llama_mobile.prune_job import STAGES, PruneRequest, run_prune
+    from llama_mobile.core.progress import Progress
+    from llama_mobile.jobs.prune_job import STAGES, PruneRequest, run_prune
 
-    _quiet_libraries()
+    quiet_libraries()
     request = PruneRequest(
         model=model, checkpoint=checkpoint, output=output, drop_blocks=drop_blocks or None,
         drop_blocks_at=drop_blocks_at, block_choice=block_choice, mlp_hidden=mlp_hidden, kv_heads=kv_heads,
         keep_output_tokens=keep_output_tokens, calibration=calibration, eval_text=eval_text, seq_len=seq_len,
         calibration_windows=calibration_windows, eval_windows=eval_windows, distill_steps=distill_steps,
         teacher=teacher, lr=lr, save_every=save_every, dtype=dtype, name=name, task=task)
-    result = run_prune(request, Progress(STAGES, emit=_say))
+    result = run_prune(request, Progress(STAGES, emit=say))
     report = result.report
     if as_json:
         click.echo(json.dumps({"checkpoint": str(result.output), **report}, indent=2))

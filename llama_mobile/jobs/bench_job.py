@@ -16,8 +16,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_mobile.errors import ResourceError, RuntimeFailure, UsageError
-from llama_mobile.progress import Progress
+from llama_mobile.core.errors import ResourceError, RuntimeFailure, UsageError
+from llama_mobile.core.manifest import verify_bundle
+from llama_mobile.core.progress import Progress
+from llama_mobile.core.tokenizer import Tokenizer
+from llama_mobile.runtime_harness import native_runner
+from llama_mobile.runtime_harness.parity import CORPUS
+from llama_mobile.runtime_harness.peer_quality import quality_against_peer
 
 STAGES = ("prepare", "measure", "quality")
 RUNTIMES = ("auto", "native", "python")
@@ -51,7 +56,6 @@ def model_bytes(manifest: dict) -> int:
 
 
 def prompt_of_length(tokenizer, n_tokens: int) -> list[int]:
-    from runtime_harness.parity import CORPUS
 
     return tokenizer.encode(CORPUS.read_text(encoding="utf-8"))[:n_tokens]
 
@@ -68,12 +72,11 @@ def native_unsupported(manifest: dict) -> str | None:
 
 
 def resolve_runtime(requested: str, manifest: dict, bundle: Path | None = None) -> str:
-    from runtime_harness.native_runner import compiler
 
     if requested not in RUNTIMES:
         raise ValueError(f"runtime {requested!r} is not one of {RUNTIMES}")
     if requested == "auto":
-        return "native" if compiler() and native_unsupported(manifest) is None else "python"
+        return "native" if native_runner.compiler() and native_unsupported(manifest) is None else "python"
     reason = native_unsupported(manifest) if requested == "native" else None
     if reason:
         raise UsageError(reason, path=str(bundle) if bundle else None, fix="use --runtime python")
@@ -83,13 +86,11 @@ def resolve_runtime(requested: str, manifest: dict, bundle: Path | None = None) 
 def measure(kind: str, artifact: Path, prompt: Prompt, new_tokens: int, threads: int) -> dict:
     """artifact: the bundle (executorch), its program (native) or the GGUF (llama.cpp)."""
     if kind == "native":
-        from runtime_harness.native_runner import run
 
-        return run(artifact, prompt.token_ids, new_tokens, threads)
-    command = [sys.executable, "-m", "runtime_harness.bench_worker", kind, str(artifact), str(prompt.text_file),
-               str(new_tokens), str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
-                          cwd=Path(__file__).resolve().parent.parent)
+        return native_runner.run(artifact, prompt.token_ids, new_tokens, threads)
+    command = [sys.executable, "-m", "llama_mobile.runtime_harness.bench_worker", kind, str(artifact),
+               str(prompt.text_file), str(new_tokens), str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeFailure(f"{kind} benchmark run failed ({tail})", path=artifact,
@@ -132,8 +133,6 @@ def ratios(ours: dict, peer: dict) -> dict:
 
 
 def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
-    from llama_mobile.manifest import verify_bundle
-    from llama_mobile.tokenizer import Tokenizer
 
     progress = progress or Progress(STAGES)
     with progress.stage("prepare"):
@@ -150,10 +149,9 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
             prompts[length].text_file.write_text(tokenizer.decode(ids), encoding="utf-8")
         runtime = resolve_runtime(request.runtime, manifest, request.bundle)
         if runtime == "native":
-            from runtime_harness.native_runner import build
 
             progress.note("building the native runner (once per ExecuTorch version)")
-            build()
+            native_runner.build()
     report = {"bundle": str(request.bundle), "runtime": runtime, "threads": request.threads, "runs": request.runs,
               "warmup": request.warmup, "new_tokens": request.new_tokens,
               "size_bytes": {"executorch": model_bytes(manifest)}}
@@ -169,7 +167,6 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
         report["ratios_size"] = report["size_bytes"]["executorch"] / report["size_bytes"]["llama.cpp"]
         if request.quality:
             with progress.stage("quality", "both sides against the FP32 reference"):
-                from runtime_harness.peer_quality import quality_against_peer
 
                 report["quality"] = quality_against_peer(request.bundle, manifest, request.llama_cpp_gguf)
     return report

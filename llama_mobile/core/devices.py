@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from llama_mobile.errors import UsageError
+from llama_mobile.core.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,45 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from llama_mobile.atomic import check_writable, staged_directory
-from llama_mobile.errors import ParityFailure, UsageError
-from llama_mobile.memory import peak_rss_bytes
-from llama_mobile.progress import Progress
+from llama_mobile.core.atomic import check_writable, staged_directory
+from llama_mobile.core.devices import get_device
+from llama_mobile.core.errors import ParityFailure, UsageError
+from llama_mobile.core.memory import peak_rss_bytes
+from llama_mobile.core.presets import GENERIC_MODEL, get_model_preset
+from llama_mobile.core.progress import Progress
+from llama_mobile.core.targets import TARGETS, get_target
+from llama_mobile.core.tokenizer import Tokenizer, check_vocab, tokenizer_kind
+from llama_mobile.export.backends import NPU_BACKENDS, backend_module, bind_device
+from llama_mobile.export.bundle import (
+    PARITY_NAME,
+    PROGRAM_NAME,
+    WEIGHTS_NAME,
+    bundle_name,
+    write_json,
+    write_manifest,
+    write_payload,
+)
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.coreml_package import write_coreml_report
+from llama_mobile.export.lower import lower, runner_metadata
+from llama_mobile.export.model import build_model, load_custom_ops, skeleton
+from llama_mobile.export.stream_build import fill_streaming
+from llama_mobile.jobs.plan import plan
+from llama_mobile.jobs.preflight import check_export_fits
+from llama_mobile.quantize.apply import PartQuantizer
+from llama_mobile.quantize.pt2e import quantize_for_target
+from llama_mobile.quantize.recipe import check_recipe_fits, load_recipe
+from llama_mobile.runtime_harness.coreml import coreml_gate_metrics
+from llama_mobile.runtime_harness.guard_prompt import (
+    guard_template_for_manifest as guard_template,
+)
+from llama_mobile.runtime_harness.host import on_macos
+from llama_mobile.runtime_harness.parity import (
+    eval_token_ids,
+    gate,
+    program_parity,
+    reference_logits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +87,12 @@ class ExportResult:
 
 def check_request(request: ExportRequest):
     """Everything that can be judged before a single weight is read."""
-    from llama_mobile.presets import GENERIC_MODEL, get_model_preset
-    from llama_mobile.targets import get_target
-    from quantize.recipe import check_recipe_fits, load_recipe
 
     preset = None if request.model == GENERIC_MODEL else get_model_preset(request.model)
     if preset is None and request.checkpoint is None:
         raise UsageError("--model llama needs --checkpoint", fix="pass --checkpoint PATH")
     recipe = load_recipe(request.recipe)
     target = get_target(request.target)
-    from export.backends import NPU_BACKENDS, bind_device
 
     target = bind_device(target, request.device)  # an NPU target takes its SoC from the device preset
     if target.backend not in recipe.targets:
@@ -89,7 +119,6 @@ def check_request(request: ExportRequest):
                          fix="add --target coreml-ios18 (`llama-mobile targets`)")
     if preset is not None:
         check_recipe_fits(recipe, linear_widths(preset.architecture), preset.architecture.dim)
-    from export.backends import backend_module
 
     backend_module(target).check_environment(target)  # a missing SDK stops here, before any weight is read
     check_writable(request.output_dir)
@@ -98,7 +127,6 @@ def check_request(request: ExportRequest):
 
 def _other_targets_hint(recipe, target) -> str:
     """Name the targets of the same backend that can run the recipe (e.g. int4 on iOS 18, not 17)."""
-    from llama_mobile.targets import TARGETS
 
     schemes = {q.scheme for q in (recipe.linear, recipe.output, *(o.quant for o in recipe.overrides))}
     able = [t.name for t in TARGETS.values() if t.backend == target.backend and t is not target
@@ -110,8 +138,6 @@ def device_plan(request: ExportRequest, arch, recipe, context: int):
     """With --device: the context the device's RAM holds (shrunk or refused with the reason)."""
     if not request.device:
         return None
-    from llama_mobile.devices import get_device
-    from llama_mobile.plan import plan
 
     return plan(arch, recipe, context=context, device=get_device(request.device))
 
@@ -127,25 +153,11 @@ def linear_widths(arch) -> dict[str, int]:
 
 
 def run_export(request: ExportRequest, progress: Progress | None = None) -> ExportResult:
-    from export.bundle import (PARITY_NAME, PROGRAM_NAME, WEIGHTS_NAME, bundle_name, write_json, write_manifest,
-                               write_payload)
-    from export.checkpoint import load_checkpoint
-    from export.lower import lower, runner_metadata
-    from export.model import build_model, load_custom_ops, skeleton
-    from export.stream_build import fill_streaming
-    from quantize.apply import PartQuantizer
-    from quantize.recipe import check_recipe_fits
-    from llama_mobile.devices import get_device
-    from runtime_harness.guard_prompt import guard_template_for_manifest as guard_template
-    from runtime_harness.coreml import coreml_gate_metrics, on_macos
-    from runtime_harness.parity import eval_token_ids, gate, program_parity, reference_logits
-    from llama_mobile.tokenizer import Tokenizer, check_vocab, tokenizer_kind
 
     progress = progress or Progress(STAGES)
     with progress.stage("check"):
         preset, recipe, target = check_request(request)
         if request.memory_check and preset is not None:  # before a single weight is read
-            from llama_mobile.preflight import check_export_fits
 
             estimate = check_export_fits(preset.architecture, recipe, request.context or preset.default_context)
             progress.note(f"memory preflight: about {estimate / 2**30:.1f} GiB needed")
@@ -161,7 +173,6 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         if not 2 <= context <= arch.max_position:
             raise UsageError(f"--context {context} is outside 2..{arch.max_position}", fix="choose a smaller --context")
         if request.memory_check and preset is None:  # a generic checkpoint's shapes are known only now
-            from llama_mobile.preflight import check_export_fits
 
             estimate = check_export_fits(arch, recipe, context)
             progress.note(f"memory preflight: about {estimate / 2**30:.1f} GiB needed")
@@ -174,7 +185,6 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
                       f"{arch.param_count() / 1e6:.0f}M parameters, context {context}")
     load_custom_ops()
     with progress.stage("build", f"{recipe.name}, a block at a time" if recipe.pt2e is None else recipe.name):
-        from export.backends import backend_module
 
         options = dict(backend_module(target).MODEL_OPTIONS)
         if recipe.dtype == "fp16":  # x^2 of the residual stream's outliers overflows fp16 (SmolLM2: |x|~25000)
@@ -182,7 +192,6 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         token_ids = eval_token_ids(tokenizer, min(request.positions, context), bos_id=loaded.specials.bos_id)
         pt2e_record = {}
         if recipe.pt2e is not None:  # the backend's quantizer, calibrated on the evaluation tokens
-            from quantize.pt2e import quantize_for_target
 
             model = build_model(arch, context, loaded.state_dict, **options)
             loaded.state_dict = {}  # the model owns the tensors now; nothing holds a second reference
@@ -227,7 +236,6 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         tokenizer_file = write_payload(staging, lowered.pte, loaded.tokenizer_path, lowered.weights)
         coreml = None
         if target.backend == "coreml":  # the embedded model's structure, checked on any host
-            from export.coreml_package import write_coreml_report
 
             quantized = sum(not recipe.quant_for(name).is_float for name in linear_widths(arch))
             coreml = write_coreml_report(staging, lowered, target, recipe, arch.n_layers, quantized)

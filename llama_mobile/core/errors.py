@@ -86,16 +86,3 @@ class ResourceError(LlamaMobileError):
 
 
 INTERRUPTED_EXIT_CODE = 130
-
-ALL_ERRORS = (
-    UsageError,
-    CheckpointError,
-    ConfigError,
-    TokenizerError,
-    ExportError,
-    OutputError,
-    BundleError,
-    RuntimeFailure,
-    ParityFailure,
-    ResourceError,
-)

@@ -5,7 +5,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from llama_mobile.errors import ConfigError
+from llama_mobile.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

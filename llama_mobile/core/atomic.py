@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from llama_mobile.errors import OutputError
+from llama_mobile.core.errors import OutputError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -25,14 +25,6 @@ def _output_error(exc: OSError, path: Path) -> OutputError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError("output location is not writable", path=path, fix="choose a writable -o folder")
     return OutputError(f"cannot write ({exc.strerror or exc})", path=path, fix="check the -o folder")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with temporary_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
 
 
 def write_file(path: Path, data) -> None:

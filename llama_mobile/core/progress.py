@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from llama_mobile.memory import peak_rss_bytes
+from llama_mobile.core.memory import peak_rss_bytes
 
 
 @dataclass

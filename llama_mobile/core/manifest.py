@@ -1,11 +1,11 @@
 """The bundle manifest: every key spelled here, a versioned JSON Schema, and verification of files."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from llama_mobile.errors import BundleError
+from llama_mobile.core.errors import BundleError
+from llama_mobile.core.hashing import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "llama-mobile-bundle"
@@ -15,11 +15,7 @@ SCHEMA_PATH = Path(__file__).parent / "schema" / "manifest.schema.json"
 
 
 def file_entry(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def schema() -> dict:

@@ -7,11 +7,30 @@ from pathlib import Path
 
 import torch
 
-from llama_mobile.errors import ConfigError, UsageError
-from llama_mobile.progress import Progress
+from llama_mobile.core.errors import ConfigError, UsageError
+from llama_mobile.core.manifest import verify_bundle
+from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
+from llama_mobile.core.progress import Progress
+from llama_mobile.core.tokenizer import Tokenizer
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.model import build_model, load_custom_ops
+from llama_mobile.runtime_harness.greedy import (
+    eager_greedy,
+    match_length,
+    program_greedy,
+)
+from llama_mobile.runtime_harness.guard import EagerModel, classify
+from llama_mobile.runtime_harness.guard_prompt import format_guard_prompt
+from llama_mobile.runtime_harness.metrics import compare_logits
+from llama_mobile.runtime_harness.parity import (
+    GUARD_PROMPTS,
+    PROMPTS,
+    eval_token_ids,
+    gate,
+    reference_logits,
+)
+from llama_mobile.runtime_harness.program import Program
 
-PROMPTS = Path(__file__).parent / "corpus" / "prompts.jsonl"
-GUARD_PROMPTS = Path(__file__).parent / "corpus" / "guard_prompts.jsonl"
 STAGES = ("verify", "reference", "program", "generation", "guard")
 REFERENCES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -46,14 +65,6 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def run_validation(request: ValidationRequest, progress: Progress | None = None) -> dict:
-    from export.checkpoint import load_checkpoint
-    from export.model import build_model, load_custom_ops
-    from llama_mobile.manifest import verify_bundle
-    from llama_mobile.tokenizer import Tokenizer
-    from runtime_harness.greedy import eager_greedy, match_length, program_greedy
-    from runtime_harness.metrics import compare_logits
-    from runtime_harness.parity import eval_token_ids, gate, reference_logits
-    from runtime_harness.program import Program
 
     progress = progress or Progress(STAGES)
     if request.gate_on not in REFERENCES:
@@ -73,7 +84,6 @@ def run_validation(request: ValidationRequest, progress: Progress | None = None)
     load_custom_ops()
     references, greedy_reference, guard_reference = {}, {}, None
     with progress.stage("reference", str(request.reference or "embedded weights")):
-        from llama_mobile.presets import GENERIC_MODEL, MODEL_PRESETS
 
         preset = manifest["model"]["preset"]  # a pruned model names itself; its shapes come from its config
         loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, request.reference)
@@ -121,8 +131,6 @@ def run_validation(request: ValidationRequest, progress: Progress | None = None)
 
 def guard_verdicts(model_or_program, tokenizer, manifest: dict, request: ValidationRequest) -> list[dict]:
     """Classify the Guard prompt set; an eager model is wrapped to look like a program."""
-    from runtime_harness.guard import EagerModel, classify
-    from runtime_harness.guard_prompt import format_guard_prompt
 
     runner = model_or_program if hasattr(model_or_program, "logits_per_position") else EagerModel(model_or_program)
     eos = tuple(manifest["special_tokens"]["eos_ids"])

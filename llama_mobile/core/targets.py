@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llama_mobile.errors import UsageError
+from llama_mobile.core.errors import UsageError
 
 
 @dataclass(frozen=True)

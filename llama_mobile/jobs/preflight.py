@@ -1,9 +1,10 @@
 """Before any weight is read: will this export fit in the machine's memory?"""
 from __future__ import annotations
 
-from llama_mobile.architecture import Architecture
-from llama_mobile.errors import ResourceError
-from llama_mobile.memory import available_bytes
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.errors import ResourceError
+from llama_mobile.core.memory import available_bytes
+from llama_mobile.jobs.plan import linear_shapes, predict_size
 
 # The export reads the checkpoint memory-mapped and builds, scores and quantizes one block at a time,
 # so the float model never exists whole; the peak is the quantized model plus the lowering. Modelled as
@@ -20,7 +21,6 @@ PER_QUANTIZED_WEIGHT = 1.35
 
 
 def export_peak_bytes(arch: Architecture, recipe, context: int) -> int:
-    from llama_mobile.plan import linear_shapes, predict_size
 
     program = predict_size(arch, recipe, context).total
     quantized = sum(rows * cols for name, (rows, cols) in linear_shapes(arch).items()

@@ -14,10 +14,29 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_mobile.atomic import check_writable, staged_directory
-from llama_mobile.errors import UsageError
-from llama_mobile.memory import peak_rss_bytes
-from llama_mobile.progress import Progress
+from llama_mobile.core.atomic import check_writable, staged_directory
+from llama_mobile.core.errors import UsageError
+from llama_mobile.core.hashing import sha256_file
+from llama_mobile.core.memory import peak_rss_bytes
+from llama_mobile.core.presets import GENERIC_MODEL, get_model_preset
+from llama_mobile.core.progress import Progress
+from llama_mobile.core.tokenizer import Tokenizer, check_vocab
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.hf_writer import write_hf_checkpoint
+from llama_mobile.export.model import build_model
+from llama_mobile.quantize.prune import attention, blocks, mlp, vocab
+from llama_mobile.quantize.prune.blocks import BLOCK_METHODS
+from llama_mobile.quantize.prune.distill import (
+    DistillConfig,
+    distill,
+    kl_divergence,
+    window_logits,
+)
+from llama_mobile.quantize.prune.importance import measure_importance
+from llama_mobile.quantize.prune.report import REPORT_NAME, full_report, history_entry
+from llama_mobile.runtime_harness.guard_prompt import LLAMA_GUARD_3_1B_CATEGORIES
+from llama_mobile.runtime_harness.metrics import perplexity
+from llama_mobile.runtime_harness.parity import CORPUS
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +77,6 @@ class PruneResult:
 
 
 def check_prune_request(request: PruneRequest):
-    from llama_mobile.presets import GENERIC_MODEL, get_model_preset
-    from quantize.prune.blocks import BLOCK_METHODS
 
     preset = None if request.model == GENERIC_MODEL else get_model_preset(request.model)
     if preset is None and request.checkpoint is None:
@@ -119,7 +136,6 @@ def text_windows(tokenizer, path: Path, seq_len: int, bos_id: int) -> list[list[
 
 
 def split_windows(request: PruneRequest, tokenizer, bos_id: int) -> tuple[list, list, dict]:
-    from runtime_harness.parity import CORPUS
 
     calibration_path = Path(request.calibration or CORPUS)
     calibration = text_windows(tokenizer, calibration_path, request.seq_len, bos_id)
@@ -135,19 +151,14 @@ def split_windows(request: PruneRequest, tokenizer, bos_id: int) -> tuple[list, 
         evaluate = text_windows(tokenizer, eval_path, request.seq_len, bos_id)[:request.eval_windows]
     calibration = calibration[:request.calibration_windows]
     info = {"calibration_text": str(calibration_path), "eval_text": str(eval_path),
-            "calibration_sha256": _sha256(calibration_path), "seq_len": request.seq_len,
+            "calibration_sha256": sha256_file(calibration_path), "seq_len": request.seq_len,
             "calibration_windows": len(calibration), "eval_windows": len(evaluate),
             "held_out": eval_path == calibration_path}
     return calibration, evaluate, info
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def eager(arch, seq_len: int, state: dict):
     """The export model on standard SDPA (autograd works through it), scoring every position."""
-    from export.model import build_model
 
     model = build_model(arch, seq_len, state, attention_kernel="sdpa")
     model.all_logits = True
@@ -158,8 +169,6 @@ def quality(model, reference, windows: list[list[int]]) -> dict:
     """Perplexity of the text, and KL / top-1 agreement with the reference (over kept output tokens)."""
     import torch
 
-    from quantize.prune.distill import kl_divergence, window_logits
-    from runtime_harness.metrics import perplexity
 
     kept = model.output_token_ids if model.arch.output_token_ids else None
     nll, count, kl, agree = 0.0, 0, 0.0, 0.0
@@ -182,8 +191,6 @@ def quality(model, reference, windows: list[list[int]]) -> dict:
 
 def check_against(request: PruneRequest, arch, tokenizer, eos_ids) -> list[int] | None:
     """What the loaded shapes rule out, before any calibration; the output tokens to keep."""
-    from quantize.prune import attention, blocks, vocab
-    from runtime_harness.guard_prompt import LLAMA_GUARD_3_1B_CATEGORIES
 
     dropped = blocks.choose_blocks(arch.n_layers, count=request.drop_blocks, at=request.drop_blocks_at,
                                    method="last")
@@ -205,12 +212,6 @@ def check_against(request: PruneRequest, arch, tokenizer, eos_ids) -> list[int] 
 
 
 def run_prune(request: PruneRequest, progress: Progress | None = None) -> PruneResult:
-    from export.checkpoint import load_checkpoint
-    from export.hf_writer import write_hf_checkpoint
-    from llama_mobile.tokenizer import Tokenizer, check_vocab
-    from quantize.prune import attention, blocks, mlp, vocab
-    from quantize.prune.importance import measure_importance
-    from quantize.prune.report import REPORT_NAME, full_report, history_entry
 
     progress = progress or Progress(STAGES)
     output = Path(request.output)
@@ -302,12 +303,9 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> PruneR
 
 
 def _distill(request, loaded, arch, state, reference, calibration, evaluate, resume_dir, progress):
-    from quantize.prune.distill import DistillConfig, distill
 
     teacher = reference
     if request.teacher is not None:
-        from export.checkpoint import load_checkpoint
-        from llama_mobile.presets import GENERIC_MODEL
 
         taught = load_checkpoint(GENERIC_MODEL, request.teacher)
         if taught.architecture.vocab_size != arch.vocab_size:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from llama_mobile.errors import TokenizerError
+from llama_mobile.core.errors import TokenizerError
 
 HF_JSON, TIKTOKEN = "hf-json", "tiktoken"
 

@@ -1,0 +1,54 @@
+"""The loaded-model stage object every loader returns: Meta-named tensors in Meta's RoPE layout."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.errors import CheckpointError
+from llama_mobile.core.hashing import sha256_file
+from llama_mobile.core.presets import ChatTemplate, SpecialTokens
+
+META_FORMAT, HF_FORMAT, GGUF_FORMAT = "meta", "hf", "gguf"
+
+
+@dataclass
+class SourceFile:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class LoadedModel:
+    preset: str
+    architecture: Architecture
+    state_dict: dict[str, torch.Tensor]
+    tokenizer_path: Path  # the file ExecuTorch's runner loads: tokenizer.json or tokenizer.model
+    specials: SpecialTokens
+    chat_template: ChatTemplate
+    task: str
+    source_format: str
+    sources: list[SourceFile] = field(default_factory=list)
+    # What was done to the weights before export (pruning records); copied into the manifest.
+    history: list[dict] = field(default_factory=list)
+    # Files a loader had to create (a GGUF's rebuilt tokenizer.json); removed with this object.
+    scratch: object = None
+
+
+def describe_sources(paths: list[Path]) -> list[SourceFile]:
+    return [SourceFile(str(p), p.stat().st_size, sha256_file(p)) for p in paths]
+
+
+def check_against_preset(arch: Architecture, preset_arch: Architecture, path: Path, preset: str) -> None:
+    """A preset pins the shapes: a checkpoint of another size is refused before any tensor is read."""
+    mismatches = [
+        f"{name}={getattr(arch, name)} (preset {preset} has {getattr(preset_arch, name)})"
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "vocab_size")
+        if getattr(arch, name) != getattr(preset_arch, name)
+    ]
+    if mismatches:
+        raise CheckpointError("config does not match the preset: " + ", ".join(mismatches), path=path,
+                              fix="pick the matching --model, or --model llama to take shapes from the config")

@@ -1,0 +1,3 @@
+from llama_mobile.cli.main import main
+
+main()

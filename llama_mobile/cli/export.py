@@ -1,0 +1,92 @@
+"""`llama-mobile export`: load, quantize, lower and bundle a model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from llama_mobile.cli.common import PresetOrFolder, quiet_libraries, say
+from llama_mobile.core.presets import DEFAULT_MODEL, GENERIC_MODEL, MODEL_PRESETS
+from llama_mobile.core.targets import DEFAULT_TARGET, TARGETS
+from llama_mobile.quantize.recipe import DEFAULT_RECIPE
+
+
+@click.command()
+@click.option("--model", "model", default=DEFAULT_MODEL, show_default=True,
+              type=PresetOrFolder([*MODEL_PRESETS, GENERIC_MODEL]),
+              help="model preset ('llama': shapes from the config), or a checkpoint folder such as a pruned model")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Meta folder (params.json), Hugging Face folder (config.json) or .gguf; omit for embedded weights")
+@click.option("--recipe", default=None, help=f"recipe name or .toml path [default: the device's, else {DEFAULT_RECIPE}]")
+@click.option("--target", default=None, type=click.Choice(list(TARGETS)),
+              help=f"lowering target [default: the device's, else {DEFAULT_TARGET}]")
+@click.option("--device", default=None, help="device preset: picks target, recipe and context (`llama-mobile devices`)")
+@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), default=Path("out"),
+              show_default=True, help="folder the bundle is written into")
+@click.option("--context", type=int, default=None, help="context length baked into the program (preset default)")
+@click.option("--name", default=None, help="bundle folder name (default MODEL-RECIPE-TARGET)")
+@click.option("--no-validate", is_flag=True, help="skip the parity gate against the float model")
+@click.option("--task", type=click.Choice(["chat", "guard"]), default=None,
+              help="what the model does (default: the preset's; 'guard' for a Llama Guard derivative)")
+@click.option("--skip-memory-check", is_flag=True, help="export even if the memory preflight says it will not fit")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["mlpackage"]),
+              help="also write the Core ML model as a standalone model.mlpackage (Core ML targets)")
+@click.option("--single-file", is_flag=True,
+              help="keep all weights in model.pte (for iOS's TextLLMRunner, which cannot load model.ptd; "
+                   "a tied embedding/output matrix is then stored twice)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
+def export(model, checkpoint, recipe, target, device, output_dir, context, name, no_validate, task,
+           skip_memory_check, formats, single_file, as_json):
+    """Load, quantize and lower a model, and write a verified bundle.
+
+    \b
+    Examples:
+      llama-mobile export
+      llama-mobile export --model llama3.2-1b --checkpoint ~/Llama3.2-1B-Instruct --recipe 8da4w -o out/
+      llama-mobile export --model llama3.2-1b --checkpoint ~/hf/Llama-3.2-1B-Instruct --recipe fp32
+      llama-mobile export --model llama3.2-3b --checkpoint CKPT --device snapdragon-7-gen-3
+      llama-mobile export --model llama3.2-1b --checkpoint CKPT --target coreml-ios18 --recipe coreml-int4 --format mlpackage
+    """
+    quiet_libraries()
+    from llama_mobile.core.progress import Progress
+    from llama_mobile.jobs.export_job import STAGES, ExportRequest, run_export
+
+    if model not in MODEL_PRESETS and model != GENERIC_MODEL:  # a folder: its config gives the shapes
+        from llama_mobile.core.errors import UsageError
+
+        if checkpoint is not None:
+            raise UsageError("--model is a folder and --checkpoint is given", fix="pass the folder once")
+        model, checkpoint = GENERIC_MODEL, Path(model)
+    chosen = None
+    if device:
+        from llama_mobile.core.devices import get_device
+
+        chosen = get_device(device)
+    request = ExportRequest(model=model, checkpoint=checkpoint,
+                            recipe=recipe or (target and TARGETS[target].option("recipe"))
+                            or (chosen.recipe if chosen else DEFAULT_RECIPE),
+                            target=target or (chosen.target if chosen else DEFAULT_TARGET),
+                            output_dir=output_dir, context=context or (chosen.context if chosen else None),
+                            validate=not no_validate, name=name, task=task, device=device,
+                            memory_check=not skip_memory_check, formats=tuple(formats),
+                            single_file=single_file)
+    result = run_export(request, Progress(STAGES, emit=say))
+    if as_json:
+        click.echo(json.dumps({"bundle": str(result.bundle), "size_bytes": result.size_bytes,
+                               "seconds": result.seconds, "peak_rss_bytes": result.peak_rss_bytes,
+                               "parity": result.parity}, indent=2))
+        return
+    click.echo(f"bundle: {result.bundle}")
+    from llama_mobile.jobs.bench_job import model_bytes
+
+    program = "model.pte + model.ptd" if result.manifest["runtime"].get("weights") else "model.pte"
+    click.echo(f"size:   {result.size_bytes / 2**20:.1f} MiB ({program} {model_bytes(result.manifest) / 2**20:.1f} MiB)")
+    click.echo(f"time:   {sum(result.seconds.values()):.0f}s, peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
+    if result.parity:
+        from llama_mobile.runtime_harness.metrics import ParityMetrics
+        from llama_mobile.runtime_harness.parity import GateResult
+
+        gate = GateResult(metrics=ParityMetrics(**result.parity["metrics"]), thresholds=result.parity["thresholds"],
+                          failures=result.parity["failures"], reference=result.parity["reference"])
+        click.echo(gate.summary())

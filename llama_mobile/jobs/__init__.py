@@ -1,0 +1,1 @@
+"""Jobs: request -> stages -> typed result, composed from the stage packages (export, quantize, runtime_harness)."""
