@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 from llama_mobile.core.architecture import Architecture
-from llama_mobile.core.errors import CheckpointError, UsageError
+from llama_mobile.core.errors import CheckpointError, LlamaMobileError, ResourceError, UsageError
 from llama_mobile.core.presets import GENERIC_MODEL, get_model_preset
 from llama_mobile.export.embedded import embedded_checkpoint
 from llama_mobile.export.gguf_loader import load_gguf
 from llama_mobile.export.hf_loader import load_hf
-from llama_mobile.export.loaded import GGUF_FORMAT, HF_FORMAT, META_FORMAT, LoadedModel
+from llama_mobile.export.loaded import GGUF_FORMAT, HF_FORMAT, META_FORMAT, LoadedModel, check_tensor
 from llama_mobile.export.meta_loader import load_meta
 from llama_mobile.export.model import expected_shapes
 from llama_mobile.export.pages import release_pages
@@ -43,8 +43,16 @@ def detect_format(path: Path) -> str:
     )
 
 
-def check_state_dict(state_dict: dict[str, torch.Tensor], arch: Architecture, path: Path) -> None:
-    """Keys and shapes against the architecture, then finiteness; the first problem is reported."""
+def check_state_dict(state_dict: dict[str, torch.Tensor], arch: Architecture, path: Path,
+                     fmt: str = META_FORMAT) -> None:
+    """Names and dtypes, keys and shapes against the architecture, then finiteness; the first problem is
+    reported. Every accepted dtype is a float dtype (loaded.ACCEPTED_DTYPES), so finiteness covers them all."""
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"entry {name!r} is a {type(tensor).__name__}, not a tensor", path=path,
+                                  fix="pass the checkpoint as downloaded")
+        check_tensor(name, tensor.dtype, path, fmt, is_meta=tensor.is_meta)
+    arch.check(str(path))  # bounded sizes: expected_shapes below stays small
     expected = expected_shapes(arch)
     for name, shape in expected.items():
         if name not in state_dict:
@@ -60,14 +68,18 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], arch: Architecture, pa
         raise CheckpointError(f"unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected in all)",
                               path=path, fix="the checkpoint is for a different architecture")
     for name, tensor in state_dict.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"tensor {name!r} holds NaN or Inf values", path=path,
                                   fix="the file is corrupt: re-download or re-convert it")
         release_pages([tensor])  # read once here; the build reads it again a block at a time
 
 
-def load_checkpoint(model: str, checkpoint: Path | None) -> LoadedModel:
-    """Load `checkpoint` (or the embedded weights of `model`) into a checked LoadedModel."""
+def load_checkpoint(model: str, checkpoint: Path | None, preflight=None) -> LoadedModel:
+    """Load `checkpoint` (or the embedded weights of `model`) into a checked LoadedModel.
+
+    preflight(architecture), when given, runs once the shapes are read from the config or header and before
+    any tensor is: the export's memory preflight. Whatever the files hold, the outcome is a LoadedModel or one
+    of the project's errors; an exception no check foresaw names the checkpoint instead of a traceback."""
     preset = None if model == GENERIC_MODEL else get_model_preset(model)
     if checkpoint is None:
         if preset is None or not preset.embedded:
@@ -77,11 +89,20 @@ def load_checkpoint(model: str, checkpoint: Path | None) -> LoadedModel:
     checkpoint = Path(checkpoint).expanduser()
     fmt = detect_format(checkpoint)
     log.info("loading %s checkpoint %s", fmt, checkpoint)
-    if fmt == META_FORMAT:
-        loaded = load_meta(checkpoint, preset)
-    elif fmt == HF_FORMAT:
-        loaded = load_hf(checkpoint, preset)
-    else:
-        loaded = load_gguf(checkpoint, preset)
-    check_state_dict(loaded.state_dict, loaded.architecture, checkpoint)
+    loader = {META_FORMAT: load_meta, HF_FORMAT: load_hf}.get(fmt, load_gguf)
+    try:
+        loaded = loader(checkpoint, preset, preflight=preflight)
+        check_state_dict(loaded.state_dict, loaded.architecture, checkpoint, loaded.source_format)
+    except (LlamaMobileError, KeyboardInterrupt):
+        raise
+    except MemoryError:
+        raise ResourceError("ran out of memory while reading this checkpoint", path=checkpoint,
+                            fix="use a machine with more memory, or check that the config's sizes are right") from None
+    except Exception as exc:  # a user's file: the error names it, the traceback goes to the log
+        log.debug("reading %s failed", checkpoint, exc_info=True)
+        lines = str(exc).strip().splitlines()
+        raise CheckpointError(f"cannot read this checkpoint ({type(exc).__name__}: "
+                              f"{lines[0][:200] if lines else 'no details'})", path=checkpoint,
+                              fix="the files are malformed or of an unsupported variant: re-download or "
+                                  "re-convert them") from None
     return loaded

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
+import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from gguf import Keys
 
+from llama_mobile.core import patches
 from llama_mobile.core.architecture import Architecture, RopeScaling
 from llama_mobile.core.errors import CheckpointError, ConfigError, TokenizerError
 from llama_mobile.core.presets import ModelPreset
+from llama_mobile.export.config_fields import short_repr
 from llama_mobile.export.identity import resolve_identity
 from llama_mobile.export.loaded import (
     GGUF_FORMAT,
@@ -25,24 +28,26 @@ from llama_mobile.export.loaded import (
     describe_sources,
 )
 from llama_mobile.export.model import rope_scale_factors
+from llama_mobile.export.tensor_names import GGUF, GGUF_ARCH, META, MODEL_TENSOR, ROPE_FREQS, rename
 
 log = logging.getLogger(__name__)
 
-_LAYER_KEYS = {
-    "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
-    "attn_output": "attention.wo", "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2",
-    "ffn_up": "feed_forward.w3", "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
-}
-_TOP_KEYS = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output"}
-ROPE_FREQS = "rope_freqs.weight"
-_NAME_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+# The GGUF tensor types this loader accepts (float, and llama.cpp's legacy and K block quantizations), all
+# dequantized to float32; integer, float64 and the experimental types are refused by name.
+GGUF_TENSOR_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+                     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
 
 
 @contextlib.contextmanager
 def plain_array_mapping():
     """gguf-py's reader slices its np.memmap once per field element (~500,000 times for a 49K-token
     vocabulary), and every memmap slice runs memmap's Python __array_finalize__: 3x slower than
-    slicing a plain ndarray view of the same mapping. Pages stay mapped from the file either way."""
+    slicing a plain ndarray view of the same mapping. Pages stay mapped from the file either way.
+    Patch "gguf-plain-array-reader" (core/patches.py): off, gguf-py reads through its memmap."""
+    if not patches.enabled("gguf-plain-array-reader"):
+        yield
+        return
     import types
 
     import gguf.gguf_reader as reader_module
@@ -68,6 +73,11 @@ def open_gguf(path: Path):
                               fix="the file is truncated or not GGUF: re-download it") from None
 
 
+def _llama(key: str) -> str:
+    """A gguf.Keys constant for llama: "{arch}.block_count" -> "llama.block_count"."""
+    return key.format(arch=GGUF_ARCH)
+
+
 def _field(reader, key: str, default=None):
     field = reader.fields.get(key)
     return default if field is None else field.contents()
@@ -85,6 +95,9 @@ def rope_scaling_of(reader, head_dim: int, theta: float, path: Path) -> RopeScal
     tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
     if tensor is None:
         return None
+    if getattr(tensor.tensor_type, "name", None) != "F32" or int(np.prod(tensor.shape)) != head_dim // 2:
+        raise ConfigError([f"{ROPE_FREQS} must be {head_dim // 2} F32 values"], path=path,
+                          fix="convert a Llama 3.x model with llama.cpp, or a model without RoPE scaling")
     factors = torch.from_numpy(np.asarray(tensor.data, dtype=np.float32).reshape(-1).copy())
     scaling = RopeScaling(factor=float(factors.max()))
     expected = rope_scale_factors(head_dim, theta, scaling)
@@ -95,36 +108,63 @@ def rope_scaling_of(reader, head_dim: int, theta: float, path: Path) -> RopeScal
     return scaling
 
 
+def _typed(reader, key: str, kinds: tuple[type, ...], default, problems: list[str]):
+    """A header field of the given Python type(s) (bool is never an int here), or a problem."""
+    try:
+        value = _field(reader, key, default)
+    except Exception as exc:  # noqa: BLE001 - gguf-py decoding a malformed field
+        problems.append(f"GGUF key {key!r} cannot be read ({type(exc).__name__})")
+        return None
+    if value is None or value is default:
+        return value
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        problems.append(f"GGUF key {key!r} must be {'/'.join(k.__name__ for k in kinds)}, "
+                        f"got {type(value).__name__} {short_repr(value)}")
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append(f"GGUF key {key!r} must be a finite number, got {value!r}")
+        return None
+    return value
+
+
 def architecture_from_gguf(reader, path: Path) -> tuple[Architecture, int | None, tuple[int, ...] | None]:
     problems = []
-    if _field(reader, "general.architecture", None) != "llama":
-        problems.append(f"general.architecture is {_field(reader, 'general.architecture', None)!r}, not 'llama'")
+    kind = _typed(reader, Keys.General.ARCHITECTURE, (str,), None, problems)
+    if kind != GGUF_ARCH and not problems:
+        problems.append(f"{Keys.General.ARCHITECTURE} is {short_repr(kind)}, not {GGUF_ARCH!r}")
     values = {}
-    for name, key in (("dim", "llama.embedding_length"), ("n_layers", "llama.block_count"),
-                      ("n_heads", "llama.attention.head_count"), ("ffn_hidden", "llama.feed_forward_length")):
-        value = _field(reader, key, None)
-        if value is None:
+    for name, key in (("dim", _llama(Keys.LLM.EMBEDDING_LENGTH)), ("n_layers", _llama(Keys.LLM.BLOCK_COUNT)),
+                      ("n_heads", _llama(Keys.Attention.HEAD_COUNT)),
+                      ("ffn_hidden", _llama(Keys.LLM.FEED_FORWARD_LENGTH))):
+        value = _typed(reader, key, (int,), None, problems)
+        if value is None and not any(key in p for p in problems):
             problems.append(f"missing GGUF key {key!r}")
         values[name] = value
+    n_kv_heads = _typed(reader, _llama(Keys.Attention.HEAD_COUNT_KV), (int,), values["n_heads"], problems)
+    vocab = _typed(reader, _llama(Keys.LLM.VOCAB_SIZE), (int,), None, problems)
+    theta = _typed(reader, _llama(Keys.Rope.FREQ_BASE), (int, float), 10000.0, problems)
+    eps = _typed(reader, _llama(Keys.Attention.LAYERNORM_RMS_EPS), (int, float), 1e-5, problems)
+    context = _typed(reader, _llama(Keys.LLM.CONTEXT_LENGTH), (int,), 8192, problems)
+    bos = _typed(reader, Keys.Tokenizer.BOS_ID, (int,), None, problems)
+    eos = _typed(reader, Keys.Tokenizer.EOS_ID, (int,), None, problems)
+    if vocab is None and not problems:
+        tokens = reader.fields.get(Keys.Tokenizer.LIST)
+        vocab = len(tokens.data) if tokens is not None else 0
     if problems:
         raise ConfigError(problems, path=path, fix="convert a Llama-architecture model with llama.cpp")
-    tokens = _field(reader, "tokenizer.ggml.tokens", None)
-    vocab = _field(reader, "llama.vocab_size", None) or (len(tokens) if tokens else None)
     names = {t.name for t in reader.tensors}
-    head_dim = int(values["dim"]) // int(values["n_heads"])
-    theta = float(_field(reader, "llama.rope.freq_base", 10000.0))
     arch = Architecture(
-        dim=int(values["dim"]), n_layers=int(values["n_layers"]), n_heads=int(values["n_heads"]),
-        n_kv_heads=int(_field(reader, "llama.attention.head_count_kv", values["n_heads"])),
-        ffn_hidden=int(values["ffn_hidden"]), vocab_size=int(vocab or 0),
-        rope_theta=theta, rope_scaling=rope_scaling_of(reader, head_dim, theta, path),
-        norm_eps=_shortest_float32(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        tied_embeddings="output.weight" not in names,
-        max_position=int(_field(reader, "llama.context_length", 8192)),
-    )
-    bos = _field(reader, "tokenizer.ggml.bos_token_id", None)
-    eos = _field(reader, "tokenizer.ggml.eos_token_id", None)
-    return arch.check(str(path)), bos, (int(eos),) if eos is not None else None
+        dim=values["dim"], n_layers=values["n_layers"], n_heads=values["n_heads"], n_kv_heads=n_kv_heads,
+        ffn_hidden=values["ffn_hidden"], vocab_size=vocab or 0, rope_theta=float(theta),
+        norm_eps=_shortest_float32(eps) if 0 < eps < 1 else float(eps),
+        tied_embeddings=GGUF.name(MODEL_TENSOR.OUTPUT) not in names, max_position=context,
+    ).check(str(path))  # sizes bounded and heads non-zero before anything is derived from them
+    for name, value in ((Keys.Tokenizer.BOS_ID, bos), (Keys.Tokenizer.EOS_ID, eos)):
+        if value is not None and not 0 <= value < arch.vocab_size:
+            raise ConfigError([f"GGUF key {name!r} = {value} is not a token id below {arch.vocab_size}"], path=path,
+                              fix="convert the model again with llama.cpp")
+    arch = arch.replace(rope_scaling=rope_scaling_of(reader, arch.head_dim, arch.rope_theta, path))
+    return arch.check(str(path)), bos, (eos,) if eos is not None else None
 
 
 def read_tensors(reader, path: Path) -> dict[str, torch.Tensor]:
@@ -134,15 +174,15 @@ def read_tensors(reader, path: Path) -> dict[str, torch.Tensor]:
     for tensor in reader.tensors:
         if tensor.name == ROPE_FREQS:
             continue  # read into the architecture
-        match = _NAME_RE.fullmatch(tensor.name)
-        if match and match.group(2) in _LAYER_KEYS:
-            suffix = _LAYER_KEYS[match.group(2)]
-            name = f"layers.{match.group(1)}.{suffix}.weight"
-        elif tensor.name.endswith(".weight") and tensor.name[: -len(".weight")] in _TOP_KEYS:
-            name = _TOP_KEYS[tensor.name[: -len(".weight")]] + ".weight"
-        else:
+        name = rename(tensor.name, GGUF, META)
+        if name is None:
             raise CheckpointError(f"unexpected tensor {tensor.name!r}", path=path,
                                   fix="this GGUF is not a plain Llama model")
+        kind = getattr(tensor.tensor_type, "name", str(tensor.tensor_type))
+        if kind not in GGUF_TENSOR_TYPES:
+            raise CheckpointError(f"tensor {tensor.name!r} has GGUF type {kind}, not one of "
+                                  f"{', '.join(GGUF_TENSOR_TYPES)}", path=path,
+                                  fix="convert or quantize the model with llama.cpp to one of these types")
         try:
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         except (ValueError, NotImplementedError) as exc:
@@ -167,13 +207,16 @@ def tokenizer_json_from_gguf(path: Path, out_dir: Path) -> Path:
     return out_dir / "tokenizer.json"
 
 
-def load_gguf(path: Path, preset: ModelPreset | None) -> LoadedModel:
+def load_gguf(path: Path, preset: ModelPreset | None, preflight=None) -> LoadedModel:
+    """preflight(architecture), when given, runs before any tensor is read (the memory preflight)."""
     if path.is_dir():
         path = next(path.glob("*.gguf"))
     reader = open_gguf(path)
     arch, bos, eos_ids = architecture_from_gguf(reader, path)
     if preset is not None:
         check_against_preset(arch, preset.architecture, path, preset.name)
+    if preflight is not None:
+        preflight(arch)
     state = read_tensors(reader, path)
     if arch.tied_embeddings:
         state.pop("output.weight", None)

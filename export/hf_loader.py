@@ -1,8 +1,6 @@
 """Hugging Face folders: config.json + *.safetensors (one file or an index of shards) + tokenizer.json."""
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import torch
@@ -16,27 +14,14 @@ from llama_mobile.export.loaded import (
     HF_FORMAT,
     LoadedModel,
     check_against_preset,
+    check_tensor,
     describe_sources,
 )
 from llama_mobile.export.pages import settle_file
+from llama_mobile.export.tensor_names import HF, META, MODEL_TENSOR, rename
 
 # Our own config.json section for shapes Hugging Face's LlamaConfig cannot express (pruned models).
 PRUNING_SECTION = "llama_mobile"
-
-_LAYER_KEYS = {
-    "self_attn.q_proj.weight": "attention.wq.weight",
-    "self_attn.k_proj.weight": "attention.wk.weight",
-    "self_attn.v_proj.weight": "attention.wv.weight",
-    "self_attn.o_proj.weight": "attention.wo.weight",
-    "mlp.gate_proj.weight": "feed_forward.w1.weight",
-    "mlp.down_proj.weight": "feed_forward.w2.weight",
-    "mlp.up_proj.weight": "feed_forward.w3.weight",
-    "input_layernorm.weight": "attention_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-}
-_TOP_KEYS = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
-             "lm_head.weight": "output.weight"}
-_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
 
 
 def architecture_from_config(path: Path) -> tuple[Architecture, int | None, tuple[int, ...] | None]:
@@ -76,27 +61,35 @@ def architecture_from_config(path: Path) -> tuple[Architecture, int | None, tupl
                 fields.fail(f"{PRUNING_SECTION}.{key} must be a list of integers")
             else:
                 arch_fields[key] = tuple(pruned[key])
+    vocab = arch_fields["vocab_size"]
     bos = fields.get("bos_token_id", int, None)
-    eos = fields.get("eos_token_id", (int, list), None)
+    if bos is not None and not 0 <= bos < (vocab or 1 << 31):
+        fields.fail(f"field 'bos_token_id' must be a token id below vocab_size, got {bos}")
+    eos_ids = fields.token_ids("eos_token_id", vocab)
     fields.done(fix="restore config.json from the model download")
-    eos_ids = (eos,) if isinstance(eos, int) else tuple(eos) if eos else None
     return Architecture(**arch_fields).check(str(path)), bos, eos_ids
 
 
 def _rope_scaling(scaling: dict, fields: FieldReader) -> RopeScaling | None:
     kind = scaling.get("rope_type", scaling.get("type"))
+    if not isinstance(kind, (str, type(None))):
+        fields.fail(f"rope_scaling type must be a string, got {type(kind).__name__}")
+        return None
     if kind in (None, "default"):
         return None
     if kind != "llama3":
         fields.fail(f"rope_scaling type {kind!r} is not supported (only 'llama3')")
         return None
     try:
+        values = [scaling[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                       "original_max_position_embeddings")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError("its values must be numbers")
         return RopeScaling(
-            factor=float(scaling["factor"]), low_freq_factor=float(scaling["low_freq_factor"]),
-            high_freq_factor=float(scaling["high_freq_factor"]),
-            original_max_position=int(scaling["original_max_position_embeddings"]),
+            factor=float(values[0]), low_freq_factor=float(values[1]), high_freq_factor=float(values[2]),
+            original_max_position=int(values[3]),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         fields.fail(f"rope_scaling is incomplete ({exc})")
         return None
 
@@ -104,19 +97,26 @@ def _rope_scaling(scaling: dict, fields: FieldReader) -> RopeScaling | None:
 def safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError("invalid shard index", path=index, fix="restore it from the download") from None
-        files = [folder / name for name in sorted(set(weight_map.values()))]
+        fix = "restore model.safetensors.index.json from the download"
+        weight_map = read_json_object(index, invalid=CheckpointError, fix=fix).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError("invalid shard index: 'weight_map' must map tensor names to file names",
+                                  path=index, fix=fix)
+        names = sorted(set(weight_map.values()))
+        for name in names:  # a shard is a file of this folder: no paths, no '..'
+            if not name or Path(name).name != name or name in (".", ".."):
+                raise CheckpointError(f"invalid shard index: {name!r} is not a file name in this folder",
+                                      path=index, fix=fix)
+        files = [folder / name for name in names]
     else:
         files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CheckpointError("no .safetensors weights", path=folder,
                               fix="download the safetensors weights (model.safetensors) into this folder")
     for file in files:
-        if not file.exists():
-            raise CheckpointError("shard listed in the index is missing", path=file, fix="re-download it")
+        if not file.is_file():
+            raise CheckpointError("shard listed in the index is missing" if not file.exists() else
+                                  "is not a file", path=file, fix="re-download it")
     return files
 
 
@@ -130,8 +130,9 @@ def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():
+                    check_tensor(key, handle.get_slice(key).get_dtype(), file, HF_FORMAT)
                     tensors[key] = handle.get_tensor(key)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
             raise CheckpointError(f"cannot read safetensors ({exc})", path=file,
                                   fix="the file is truncated or corrupt: re-download it") from None
     return tensors
@@ -151,12 +152,9 @@ def meta_to_hf_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 def rename_hf(tensors: dict[str, torch.Tensor], arch: Architecture, path: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
-        if key in _TOP_KEYS:
-            state[_TOP_KEYS[key]] = tensor
-            continue
-        match = _LAYER_RE.fullmatch(key)
-        if match and match.group(2) in _LAYER_KEYS:
-            state[f"layers.{match.group(1)}.{_LAYER_KEYS[match.group(2)]}"] = tensor
+        name = rename(key, HF, META)
+        if name is not None:
+            state[name] = tensor
         elif key.endswith("rotary_emb.inv_freq"):
             continue
         else:
@@ -165,18 +163,22 @@ def rename_hf(tensors: dict[str, torch.Tensor], arch: Architecture, path: Path) 
     for name, tensor in list(state.items()):
         if tensor.dim() != 2:
             continue
-        if name.endswith("attention.wq.weight") and tensor.shape[0] == arch.n_heads * arch.head_dim:
+        kind = META.kind(name)
+        if kind is MODEL_TENSOR.ATTN_Q and tensor.shape[0] == arch.n_heads * arch.head_dim:
             state[name] = hf_to_meta_rope(tensor, arch.n_heads)
-        elif name.endswith("attention.wk.weight") and tensor.shape[0] == arch.n_kv_heads * arch.head_dim:
+        elif kind is MODEL_TENSOR.ATTN_K and tensor.shape[0] == arch.n_kv_heads * arch.head_dim:
             state[name] = hf_to_meta_rope(tensor, arch.n_kv_heads)
     return state
 
 
-def load_hf(folder: Path, preset: ModelPreset | None) -> LoadedModel:
+def load_hf(folder: Path, preset: ModelPreset | None, preflight=None) -> LoadedModel:
+    """preflight(architecture), when given, runs before any tensor is read (the memory preflight)."""
     config = folder / "config.json"
     arch, bos, eos_ids = architecture_from_config(config)
     if preset is not None:
         check_against_preset(arch, preset.architecture, config, preset.name)
+    if preflight is not None:
+        preflight(arch)
     tokenizer = folder / "tokenizer.json"
     if not tokenizer.exists() and (folder / "tokenizer.model").exists():
         tokenizer = folder / "tokenizer.model"  # a pruned Meta-format model keeps Meta's tiktoken file

@@ -15,14 +15,8 @@ from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.atomic import write_file
 from llama_mobile.core.errors import OutputError
 from llama_mobile.export.hf_loader import PRUNING_SECTION, meta_to_hf_rope
+from llama_mobile.export.tensor_names import HF, META, MODEL_TENSOR
 
-_TOP = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-        "output.weight": "lm_head.weight"}
-_LAYER = {"attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight": "self_attn.k_proj.weight",
-          "attention.wv.weight": "self_attn.v_proj.weight", "attention.wo.weight": "self_attn.o_proj.weight",
-          "feed_forward.w1.weight": "mlp.gate_proj.weight", "feed_forward.w2.weight": "mlp.down_proj.weight",
-          "feed_forward.w3.weight": "mlp.up_proj.weight", "attention_norm.weight": "input_layernorm.weight",
-          "ffn_norm.weight": "post_attention_layernorm.weight"}
 # Files beside a Hugging Face tokenizer that transformers reads with it.
 TOKENIZER_SIDECARS = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 DTYPES = {"fp32": (torch.float32, "float32"), "bf16": (torch.bfloat16, "bfloat16")}
@@ -53,18 +47,14 @@ def hf_tensors(arch: Architecture, state: dict[str, torch.Tensor], dtype: str) -
     torch_dtype = DTYPES[dtype][0]
     tensors = {}
     for name, tensor in state.items():
-        if name == "output.weight" and arch.tied_embeddings:
+        kind, block = META.split(name)
+        if kind is MODEL_TENSOR.OUTPUT and arch.tied_embeddings:
             continue
-        if name in _TOP:
-            hf_name = _TOP[name]
-        else:
-            _, index, rest = name.split(".", 2)
-            hf_name = f"model.layers.{index}.{_LAYER[rest]}"
-            if rest == "attention.wq.weight":
-                tensor = meta_to_hf_rope(tensor, arch.n_heads)
-            elif rest == "attention.wk.weight":
-                tensor = meta_to_hf_rope(tensor, arch.n_kv_heads)
-        tensors[hf_name] = tensor.detach().to(torch_dtype).contiguous()
+        if kind is MODEL_TENSOR.ATTN_Q:
+            tensor = meta_to_hf_rope(tensor, arch.n_heads)
+        elif kind is MODEL_TENSOR.ATTN_K:
+            tensor = meta_to_hf_rope(tensor, arch.n_kv_heads)
+        tensors[HF.name(kind, block)] = tensor.detach().to(torch_dtype).contiguous()
     return tensors
 
 

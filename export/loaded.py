@@ -13,6 +13,36 @@ from llama_mobile.core.presets import ChatTemplate, SpecialTokens
 
 META_FORMAT, HF_FORMAT, GGUF_FORMAT = "meta", "hf", "gguf"
 
+# The tensor dtypes each format may hold; anything else (integers, bool, float64, fp8, complex, quantized
+# or meta tensors) is refused by name. GGUF tensors are dequantized to float32 from the block types
+# gguf_loader.GGUF_TENSOR_TYPES lists. Every accepted dtype is a float dtype, so the finiteness check covers it.
+ACCEPTED_DTYPES = {
+    META_FORMAT: ("float32", "float16", "bfloat16"),
+    HF_FORMAT: ("float32", "float16", "bfloat16"),
+    GGUF_FORMAT: ("float32",),
+}
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def dtype_name(dtype) -> str:
+    """torch.bfloat16 and safetensors' "BF16" both -> "bfloat16"; unknown names pass through."""
+    text = str(dtype)
+    return _SAFETENSORS_DTYPES.get(text, text.removeprefix("torch."))
+
+
+def check_tensor(name, dtype, path: Path, fmt: str, *, is_meta: bool = False) -> None:
+    """One tensor's name and dtype against what `fmt` may hold: a one-line error naming the tensor."""
+    if not isinstance(name, str):
+        raise CheckpointError(f"tensor key {name!r} is a {type(name).__name__}, not a name", path=path,
+                              fix="the file is not a model checkpoint: pass the original download")
+    accepted = ACCEPTED_DTYPES[fmt]
+    if dtype_name(dtype) not in accepted:
+        raise CheckpointError(f"tensor {name!r} has dtype {dtype_name(dtype)}, not one of {', '.join(accepted)}",
+                              path=path, fix="convert the checkpoint to bfloat16, float16 or float32 weights")
+    if is_meta:
+        raise CheckpointError(f"tensor {name!r} holds no data (a meta tensor)", path=path,
+                              fix="save the checkpoint with its weights materialized")
+
 
 @dataclass
 class SourceFile:

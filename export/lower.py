@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llama_mobile.core import patches
 from llama_mobile.core.errors import ExportError
 from llama_mobile.core.targets import Target
-from llama_mobile.export.backends import backend_module
+from llama_mobile.export.backends import get_backend
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def runner_metadata(*, bos_id: int, eos_ids: tuple[int, ...], context_len: int, 
 
 def partitioners_for(target: Target) -> list:
 
-    return backend_module(target).partitioners(target)
+    return get_backend(target).partitioners(target)
 
 
 WEIGHTS_TAG = "weights"
@@ -82,7 +83,12 @@ def skip_noop_decompositions(defer_functionalization: bool = False):
     next), the functionalizing call is folded into the next one that re-traces: any
     run_decompositions functionalizes. The partitioner's ops_to_not_decompose, which runs in between,
     returns op targets from its configs without reading the graph.
+
+    Patch "skip-noop-decompositions" (core/patches.py): off, ExecuTorch decomposes as shipped.
     """
+    if not patches.enabled("skip-noop-decompositions"):
+        yield
+        return
     from executorch.exir.graph_module import contains_any_call_fn_target_op
     from executorch.exir.program import _program
     from torch.export import ExportedProgram
@@ -129,15 +135,16 @@ def skip_noop_decompositions(defer_functionalization: bool = False):
 
 @contextlib.contextmanager
 def lowering_context(target: Target, fast: bool = True):
-    """The speed-ups for the lowering call (fast=False: ExecuTorch as shipped)."""
+    """The speed-ups for the lowering call. fast=False is core.patches' off switch for this one call:
+    ExecuTorch as shipped (LLAMA_MOBILE_PATCHES=off turns every patch of every stage off)."""
 
-    backend = backend_module(target)
+    backend = get_backend(target)
     if not fast:
-        yield
+        with patches.off():
+            yield
         return
-    backend_context = backend.lowering_context(target) if hasattr(backend, "lowering_context") \
-        else contextlib.nullcontext()
-    defer = target.backend == "xnnpack"
+    backend_context = backend.lowering_context(target)
+    defer = backend.defers_functionalization
     with skip_noop_decompositions(defer), fused_edge_passes(), backend_context, without_cycle_collection():
         yield
 
@@ -169,7 +176,14 @@ def fused_edge_passes():
     with fake tensors: NormalizeTranspose, ReplaceBrokenOpsWithFunctionalOps, ScalarToTensor,
     SymToTensor, then (after four graph-level passes) RemoveMixedTypeOperators, OpReplace and
     MemoryFormatOps. Fused as two runs of consecutive passes, the program is byte-identical
-    (tests/test_lowering_speed.py compares it with ExecuTorch's stock lowering)."""
+    (tests/test_lowering_speed.py compares it with ExecuTorch's stock lowering).
+
+    Patch "fused-edge-passes" (core/patches.py): off, or when ExecuTorch's pass list is not the one
+    fused here, ExecuTorch runs its passes one by one."""
+    if not patches.enabled("fused-edge-passes"):
+        yield
+        return
+    from executorch.exir import EdgeCompileConfig
     from executorch.exir.passes import (
         MemoryFormatOpsPass,
         NormalizeTransposePass,
@@ -188,13 +202,27 @@ def fused_edge_passes():
                  SymToTensorPass)
     second_run = (RemoveMixedTypeOperators, OpReplacePass, MemoryFormatOpsPass)
 
-    def aten_to_edge_passes(config):
-        pre, post = original[0](config)
+    def first_run_start(pre) -> int | None:
+        """Where the first run starts in ExecuTorch's passes; None when they are not the ones fused here."""
         kinds = [type(getattr(p, "__wrapped__", p)) for p in pre]  # the pass manager wraps some in functions
         start = kinds.index(first_run[0]) if first_run[0] in kinds else 0
         if tuple(kinds[start:start + len(first_run)]) != first_run or kinds[-1] is not second_run[0]:
-            raise ExportError("ExecuTorch's ATen-to-edge passes are not the ones this lowering fuses",
-                              fix="install executorch==1.5.1 (pinned in pyproject.toml)")
+            return None
+        return start
+
+    # Checked before anything is patched (the list does not depend on the config): on a mismatch
+    # ExecuTorch's own passes run, never a half-fused list.
+    if first_run_start(original[0](EdgeCompileConfig())[0]) is None:
+        patches.give_up("fused-edge-passes", "ExecuTorch's ATen-to-edge passes are not the ones fused here")
+        yield
+        return
+
+    def aten_to_edge_passes(config):
+        pre, post = original[0](config)
+        start = first_run_start(pre)
+        if start is None:
+            raise ExportError("ExecuTorch's ATen-to-edge passes changed during the lowering",
+                              fix="export with LLAMA_MOBILE_PATCHES=off, and report it")
         # MemoryFormatOps runs only with dim order on, as in ExecuTorch's _generate_edge_program.
         last_run = second_run if not config._skip_dim_order else second_run[:2]
         fused = pre[:start] + [_fused(*first_run)()] + pre[start + len(first_run):-1] + [_fused(*last_run)()]

@@ -16,6 +16,7 @@ from llama_mobile.export.loaded import (
     META_FORMAT,
     LoadedModel,
     check_against_preset,
+    check_tensor,
     describe_sources,
 )
 from llama_mobile.export.pages import settle_file
@@ -60,6 +61,10 @@ def find_weights(folder: Path) -> Path:
 def read_pth(path: Path) -> dict[str, torch.Tensor]:
     """Never unpickles code: weights_only refuses any global that is not a tensor type."""
 
+    if not path.is_file():
+        raise CheckpointError("is not a file", path=path, fix="pass Meta's consolidated.00.pth as downloaded")
+    if path.stat().st_size == 0:
+        raise CheckpointError("is empty (0 bytes)", path=path, fix="the download was interrupted: re-download it")
     settle_file(path)
     try:
         try:
@@ -74,27 +79,35 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"refused to load: the pickle holds code or non-tensor objects ({first_line})",
                               path=path, fix="only load checkpoints from a source you trust; "
                                              "re-download the original file") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read the .pth file ({str(exc).splitlines()[0]})", path=path,
-                              fix="the file is truncated or corrupt: re-download it") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a truncated, empty or foreign file
+        lines = str(exc).strip().splitlines()
+        raise CheckpointError(f"cannot read the .pth file ({type(exc).__name__}: {lines[0][:200] if lines else 'empty'})",
+                              path=path, fix="the file is empty, truncated or corrupt: re-download it") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError("does not hold a flat dict of tensors", path=path,
                               fix="pass Meta's consolidated.00.pth as downloaded")
+    for name, tensor in state.items():
+        check_tensor(name, tensor.dtype, path, META_FORMAT, is_meta=tensor.is_meta)
     return state
 
 
-def load_meta(folder: Path, preset: ModelPreset | None) -> LoadedModel:
+def load_meta(folder: Path, preset: ModelPreset | None, preflight=None) -> LoadedModel:
+    """preflight(architecture), when given, runs before any tensor is read (the memory preflight)."""
     params = folder / "params.json"
     arch = architecture_from_params(params)
     if preset is not None:
         check_against_preset(arch, preset.architecture, params, preset.name)
+    if preflight is not None:
+        preflight(arch)
     tokenizer = folder / "tokenizer.model"
     if not tokenizer.exists():
         raise CheckpointError("tokenizer.model not found", path=folder,
                               fix="copy tokenizer.model from the original download into this folder")
     weights = find_weights(folder)
     state = {k: v for k, v in read_pth(weights).items() if k not in IGNORED_KEYS}
-    tied = "output.weight" not in state or torch.equal(state["output.weight"], state["tok_embeddings.weight"])
+    output, embedding = state.get("output.weight"), state.get("tok_embeddings.weight")
+    tied = output is None or (embedding is not None and output.shape == embedding.shape
+                              and output.dtype == embedding.dtype and torch.equal(output, embedding))
     if tied:
         state.pop("output.weight", None)
     arch = arch.replace(tied_embeddings=tied)

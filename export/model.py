@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from llama_mobile.core.architecture import Architecture, RopeScaling
+from llama_mobile.export.tensor_names import META, MODEL_TENSOR, WEIGHT
 
 
 def load_custom_ops() -> None:
@@ -262,23 +263,13 @@ def _materialise_buffers(model: Transformer, arch: Architecture, max_context: in
 
 def expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
     """The state-dict keys and shapes a checkpoint of this architecture must have."""
-    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (arch.vocab_size, arch.dim),
-                                          "norm.weight": (arch.dim,)}
-    if not arch.tied_embeddings:
-        shapes["output.weight"] = (arch.output_rows, arch.dim)
-    q_out, kv_out = arch.n_heads * arch.head_dim, arch.n_kv_heads * arch.head_dim
-    for i in range(arch.n_layers):
-        hidden = arch.ffn_hidden_of(i)
-        p = f"layers.{i}."
-        shapes.update({
-            p + "attention.wq.weight": (q_out, arch.dim),
-            p + "attention.wk.weight": (kv_out, arch.dim),
-            p + "attention.wv.weight": (kv_out, arch.dim),
-            p + "attention.wo.weight": (arch.dim, q_out),
-            p + "feed_forward.w1.weight": (hidden, arch.dim),
-            p + "feed_forward.w2.weight": (arch.dim, hidden),
-            p + "feed_forward.w3.weight": (hidden, arch.dim),
-            p + "attention_norm.weight": (arch.dim,),
-            p + "ffn_norm.weight": (arch.dim,),
-        })
+    linears = arch.linear_shapes()
+    shapes: dict[str, tuple[int, ...]] = {}
+    for kind, name in META.names(arch.n_layers):
+        if kind is MODEL_TENSOR.OUTPUT and arch.tied_embeddings:
+            continue
+        if kind is MODEL_TENSOR.TOKEN_EMBD:
+            shapes[name] = (arch.vocab_size, arch.dim)
+        else:  # a linear layer's weight, or an RMSNorm's
+            shapes[name] = linears.get(name.removesuffix(WEIGHT), (arch.dim,))
     return shapes

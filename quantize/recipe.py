@@ -5,6 +5,8 @@ A recipe is checked as a whole (every problem reported at once) before any weigh
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,19 +14,24 @@ from pathlib import Path
 import tomllib
 
 from llama_mobile.core.errors import ConfigError, UsageError
+from llama_mobile.core.schemes import (
+    EMBEDDING_SCHEMES,
+    FLOAT_SCHEMES,
+    LINEAR_SCHEMES,
+    PT2E_SCHEMES,
+    Activations,
+    Scheme,
+)
+from llama_mobile.quantize.patterns import PatternError, SafePattern, compile_pattern
 
 RECIPE_SCHEMA_VERSION = 1
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "8da4w-mixed"  # what `export` uses when neither --recipe nor a device names one
 
-# Linear schemes: activations x weights. "fp32"/"bf16" leave the layer in float.
-LINEAR_SCHEMES = ("fp32", "bf16", "8da4w", "8da8w", "4w", "8w")
-EMBEDDING_SCHEMES = ("fp32", "bf16", "8w", "4w")
 ALGORITHMS = ("affine", "hqq")
 # Whole-graph PT2E quantization by an NPU backend's own quantizer: static activations calibrated on
 # sample tokens, weights per output channel (or, QNN only, in blocks along the input: LPBQ).
 PT2E_QUANTIZERS = ("qnn", "neuropilot")
-PT2E_SCHEMES = ("16a4w", "16a8w", "8a8w")
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -37,15 +44,15 @@ class LayerQuant:
 
     @property
     def is_float(self) -> bool:
-        return self.scheme in ("fp32", "bf16")
+        return self.scheme in FLOAT_SCHEMES
 
     @property
     def weight_bits(self) -> int:
-        return {"fp32": 32, "bf16": 16, "8da4w": 4, "4w": 4, "8da8w": 8, "8w": 8}[self.scheme]
+        return Scheme(self.scheme).weight_bits
 
     @property
     def dynamic_activations(self) -> bool:
-        return self.scheme.startswith("8da")
+        return Scheme(self.scheme).activations is Activations.DYNAMIC
 
 
 @dataclass(frozen=True)
@@ -56,16 +63,16 @@ class Pt2eQuant:
 
     @property
     def activation_bits(self) -> int:
-        return int(self.scheme.split("a")[0])
+        return Scheme(self.scheme).activation_bits
 
     @property
     def weight_bits(self) -> int:
-        return int(self.scheme.split("a")[1].rstrip("w"))
+        return Scheme(self.scheme).weight_bits
 
 
 @dataclass(frozen=True)
 class Override:
-    pattern: str  # regex, full match against a module's name (e.g. "layers\.(0|15)\..*")
+    pattern: str  # full match against a module's name (e.g. "layers\.(0|15)\..*"); syntax: quantize/patterns.py
     quant: LayerQuant
 
 
@@ -105,16 +112,24 @@ class Recipe:
         """
         embedding, output = self.embedding, self.output
         if embedding.is_float or output.is_float:
-            return embedding.scheme == output.scheme == "fp32"
+            return embedding.scheme == output.scheme == Scheme.FP32
         return (embedding.weight_bits == output.weight_bits == 8 and not embedding.group_size
                 and not output.group_size and embedding.symmetric == output.symmetric)
 
     def quant_for(self, module_name: str) -> LayerQuant:
         """The scheme a linear layer gets: first matching override, then output, then linear."""
         for override in self.overrides:
-            if re.fullmatch(override.pattern, module_name):
+            if _compiled(override.pattern).fullmatch(module_name):
                 return override.quant
         return self.output if module_name == "output" else self.linear
+
+
+MAX_RECIPE_BYTES = 1 << 20
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> SafePattern:
+    return compile_pattern(pattern)
 
 
 _TOP_KEYS = {"name", "summary", "version", "dtype", "targets", "linear", "embedding", "output",
@@ -132,7 +147,7 @@ def _layer(section: object, where: str, schemes: tuple[str, ...], problems: list
         return default
     for key in sorted(set(section) - _LAYER_KEYS):
         problems.append(f"[{where}] unknown key {key!r}")
-    base = default or LayerQuant(scheme="fp32")
+    base = default or LayerQuant(scheme=Scheme.FP32.value)
     scheme = section.get("scheme", base.scheme)
     if scheme not in schemes:
         problems.append(f"[{where}] scheme {scheme!r} is not one of {', '.join(schemes)}")
@@ -171,10 +186,10 @@ def _pt2e(section: object, data: dict, targets: list, problems: list[str]) -> Pt
     if not isinstance(block, int) or isinstance(block, bool) or block < 0 or (block and block & (block - 1)):
         problems.append(f"[pt2e] block_size must be 0 or a power of two, got {block!r}")
         block = 0
-    elif block and (quantizer != "qnn" or scheme != "16a4w"):
+    elif block and (quantizer != "qnn" or scheme != Scheme.A16W4):
         problems.append("[pt2e] block_size is QNN's LPBQ: only quantizer 'qnn' with scheme '16a4w'")
     for key in ("linear", "embedding", "output"):
-        if isinstance(data.get(key), dict) and data[key].get("scheme", "fp32") != "fp32":
+        if isinstance(data.get(key), dict) and data[key].get("scheme", Scheme.FP32) != Scheme.FP32:
             problems.append(f"[{key}] must stay fp32 in a [pt2e] recipe (the {quantizer} quantizer covers it)")
     if data.get("overrides"):
         problems.append("[[overrides]] are not supported in a [pt2e] recipe")
@@ -194,8 +209,9 @@ def parse_recipe(data: dict, source: str) -> Recipe:
     dtype = data.get("dtype", "fp32")
     if dtype not in DTYPES:
         problems.append(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    linear = _layer(data.get("linear"), "linear", LINEAR_SCHEMES, problems) or LayerQuant("fp32")
-    embedding = _layer(data.get("embedding"), "embedding", EMBEDDING_SCHEMES, problems) or LayerQuant("fp32")
+    float_layer = LayerQuant(Scheme.FP32.value)
+    linear = _layer(data.get("linear"), "linear", LINEAR_SCHEMES, problems) or float_layer
+    embedding = _layer(data.get("embedding"), "embedding", EMBEDDING_SCHEMES, problems) or float_layer
     output = _layer(data.get("output"), "output", LINEAR_SCHEMES, problems, default=linear) or linear
     overrides = []
     raw_overrides = data.get("overrides", [])
@@ -207,12 +223,13 @@ def parse_recipe(data: dict, source: str) -> Recipe:
         if not isinstance(item, dict) or not isinstance(item.get("pattern"), str):
             problems.append(f"[{where}] needs a string 'pattern'")
             continue
-        try:
-            re.compile(item["pattern"])
-        except re.error as exc:
-            problems.append(f"[{where}] pattern is not a valid regex ({exc})")
+        try:  # a restricted syntax matched in linear time: no pattern can hang plan or export
+            _compiled(item["pattern"])
+        except PatternError as exc:
+            problems.append(f"[{where}] pattern {item['pattern'][:40]!r}{'...' if len(item['pattern']) > 40 else ''} "
+                            f"is not supported ({exc}; see quantize/patterns.py)")
         quant = _layer({k: v for k, v in item.items() if k != "pattern"}, where, LINEAR_SCHEMES, problems)
-        overrides.append(Override(item["pattern"], quant or LayerQuant("fp32")))
+        overrides.append(Override(item["pattern"], quant or float_layer))
     targets = data.get("targets", ["xnnpack"])
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets) or not targets:
         problems.append("targets must be a non-empty list of target backends")
@@ -226,10 +243,11 @@ def parse_recipe(data: dict, source: str) -> Recipe:
             problems.append(f"[thresholds] unknown key {key!r}")
         values = {k: v for k, v in raw_thresholds.items() if k in known}
         for key, value in values.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                problems.append(f"[thresholds] {key} must be a non-negative number")
+            if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                    or value < 0):
+                problems.append(f"[thresholds] {key} must be a non-negative finite number, got {value!r}")
         thresholds = dataclasses.replace(thresholds, **{k: float(v) for k, v in values.items()
-                                                        if isinstance(v, (int, float))})
+                                                        if isinstance(v, (int, float)) and math.isfinite(v)})
     else:
         problems.append("[thresholds] must be a table")
     if problems:
@@ -240,12 +258,23 @@ def parse_recipe(data: dict, source: str) -> Recipe:
 
 
 def read_recipe_file(path: Path) -> Recipe:
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError("is a folder, not a recipe file", path=path, fix="pass a recipe .toml file")
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise ConfigError(f"is larger than {MAX_RECIPE_BYTES:,} bytes: not a recipe", path=path,
+                              fix="pass a recipe .toml file")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError("recipe file not found", path=path, fix="check the path") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the recipe file ({exc.strerror or exc})", path=path,
+                         fix="check the path and its permissions") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid TOML ({exc})", path=path, fix="fix the TOML syntax") from None
+        raise ConfigError(f"not valid TOML ({str(exc)[:200]})", path=path, fix="fix the TOML syntax") from None
+    except RecursionError:
+        raise ConfigError("not valid TOML (nested too deeply)", path=path, fix="fix the TOML syntax") from None
     return parse_recipe(data, str(path))
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 
 import torch
 
+from llama_mobile.core import patches
+
 BLOCK_ELEMENTS = 1 << 20  # 4 MiB of float32 per temporary: the working set stays in cache (measured best)
 AFFINE_BLOCK_ELEMENTS = 1 << 20  # one pass each: bigger blocks, fewer calls
 
@@ -112,7 +114,12 @@ def hqq_scale_only(hp_tensor: torch.Tensor, block_size: list[int], qmin: int, qm
 
 @contextlib.contextmanager
 def rowwise_quantizers() -> Iterator[None]:
-    """Route the quantizers IntxUnpackedToInt8Tensor calls (HQQ and affine) through the row-block ones."""
+    """Route the quantizers IntxUnpackedToInt8Tensor calls (HQQ and affine) through the row-block ones.
+
+    Patch "rowwise-quantizers" (core/patches.py): off, torchao quantizes whole matrices as shipped."""
+    if not patches.enabled("rowwise-quantizers"):
+        yield
+        return
     from torchao.quantization.quantize_.workflows.intx import (
         intx_unpacked_to_int8_tensor as intx,
     )

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from llama_mobile.core.bundle import Bundle
 from llama_mobile.core.manifest import read_manifest
 from llama_mobile.core.memory import peak_rss_bytes, resident_bytes
 from llama_mobile.runtime_harness.generate import Runner
@@ -29,8 +30,7 @@ def executorch_run(bundle: Path, prompt: str, new_tokens: int, threads: int) -> 
     _unsafe_reset_threadpool(threads)
     global BASELINE
     BASELINE = resident_bytes()
-    manifest = read_manifest(bundle)
-    runner = Runner(bundle / manifest["runtime"]["program"], bundle / manifest["tokenizer"]["file"])
+    runner = Runner.of(Bundle(bundle, read_manifest(bundle)))  # the parent verified the files
     result = runner.generate(prompt, max_new_tokens=new_tokens)
     s = result.stats
     return {"prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens,

@@ -13,8 +13,6 @@ import torch
 from llama_mobile.runtime_harness.metrics import ParityMetrics, compare_logits
 from llama_mobile.runtime_harness.parity import reference_logits
 
-HOST_SIMULATED = "host-simulated"
-COREML_RUNTIME = "coreml"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -66,11 +64,3 @@ def coreml_logits_per_position(mlpackage: Path, token_ids: list[int], compute_un
 def coreml_parity(mlpackage: Path, token_ids: list[int], reference: torch.Tensor,
                   compute_units: str = "all") -> ParityMetrics:
     return compare_logits(reference, coreml_logits_per_position(mlpackage, token_ids, compute_units), token_ids)
-
-
-def coreml_gate_metrics(mlpackage: Path, eager_model, token_ids: list[int], reference: torch.Tensor, dtype: str,
-                        target) -> tuple[ParityMetrics, str]:
-    """The real Core ML model on macOS; with ``eager_model`` (elsewhere) the quantized eager model."""
-    if eager_model is None:
-        return coreml_parity(mlpackage, token_ids, reference, target.option("compute_units", "all")), COREML_RUNTIME
-    return compare_logits(reference, host_simulated_logits(eager_model, token_ids, dtype), token_ids), HOST_SIMULATED

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Callable
 
 from llama_mobile.core.errors import RuntimeFailure
-from llama_mobile.export.bundle import weights_path
+from llama_mobile.core.bundle import Bundle
 from llama_mobile.runtime_harness.host import refuse_off_macos
-from llama_mobile.runtime_harness.program import load_runtime_ops, quiet_native_stderr
+from llama_mobile.runtime_harness.program import check_loads, load_runtime_ops, quiet_native_stderr
 
 
 @dataclass
@@ -46,21 +46,22 @@ def _stats(raw) -> GenerationStats:
 
 
 class Runner:
-    def __init__(self, program: Path, tokenizer: Path):
-
-        refuse_off_macos(program)
-
+    def __init__(self, program: Path, tokenizer: Path, weights: Path | None = None):
+        check_loads(program, weights)  # a damaged program must not crash this process
         load_runtime_ops()
         from executorch.extension.llm.runner import TextLLMRunner
 
-
-        weights = weights_path(Path(program))
         try:
             with quiet_native_stderr():
                 self._runner = TextLLMRunner(str(program), str(tokenizer), str(weights) if weights else None)
         except RuntimeError as exc:
             raise RuntimeFailure(f"TextLLMRunner cannot load the bundle ({exc})", path=program,
                                  fix="re-export the bundle with this llama-mobile version") from None
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> Runner:
+        refuse_off_macos(bundle)
+        return cls(bundle.program, bundle.tokenizer, bundle.weights)
 
     def generate(self, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
                  on_text: Callable[[str], None] | None = None, hide: tuple[str, ...] = ()) -> Generation:

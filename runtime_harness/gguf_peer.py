@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+from llama_mobile.core.manifest import Manifest
 from llama_mobile.core.errors import ResourceError, UsageError
 from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
 from llama_mobile.export.checkpoint import load_checkpoint
@@ -13,8 +14,8 @@ from llama_mobile.runtime_harness.gguf_writer import write_gguf
 NEAREST_GGUF_TYPE = {"8da4w": "Q4_0", "4w": "Q4_0", "8da8w": "Q8_0", "8w": "Q8_0", "fp32": "F32"}
 
 
-def nearest_type(manifest: dict) -> str:
-    scheme = manifest["recipe"]["linear"]["scheme"]
+def nearest_type(manifest: Manifest) -> str:
+    scheme = manifest.recipe["linear"]["scheme"]
     if scheme not in NEAREST_GGUF_TYPE:
         raise UsageError(f"no llama.cpp type is comparable to scheme {scheme!r}", fix="pass --vs-llama-cpp FILE.gguf")
     return NEAREST_GGUF_TYPE[scheme]
@@ -36,12 +37,12 @@ def requantize(source: Path, destination: Path, gguf_type: str) -> Path:
     return destination
 
 
-def source_checkpoint(manifest: dict) -> Path:
-    first = Path(manifest["model"]["source"]["files"][0]["path"])
+def source_checkpoint(manifest: Manifest) -> Path:
+    first = Path(manifest.model.source["files"][0]["path"])
     return first if first.suffix == ".gguf" else first.parent  # Meta and HF checkpoints are folders
 
 
-def peer_for_bundle(manifest: dict, scratch: Path) -> Path:
+def peer_for_bundle(manifest: Manifest, scratch: Path) -> Path:
     """The bundle's source weights through llama.cpp's quantizer, at the type nearest its recipe.
 
     A GGUF source is requantized directly; a Meta or Hugging Face checkpoint is first written as an
@@ -51,9 +52,9 @@ def peer_for_bundle(manifest: dict, scratch: Path) -> Path:
     if not source.exists():
         raise UsageError("the checkpoint the bundle was exported from is gone", path=source,
                          fix="pass --gguf FILE.gguf made from it by llama.cpp")
-    if manifest["model"]["source"]["format"] != "gguf":
+    if manifest.model.source["format"] != "gguf":
 
-        preset = manifest["model"]["preset"]
+        preset = manifest.model.preset
         loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, source)
         converted = write_gguf(loaded, scratch / "source-F16.gguf", name=preset)
         del loaded

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gguf import TokenType
 
 from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.atomic import temporary_path
@@ -28,16 +29,10 @@ from llama_mobile.core.tokenizer import (
 from llama_mobile.export.loaded import LoadedModel
 from llama_mobile.export.model import rope_scale_factors
 from llama_mobile.export.pages import release_pages
+from llama_mobile.export.tensor_names import GGUF, GGUF_ARCH, META, MODEL_TENSOR, ROPE_FREQS
 
-# Meta name -> GGUF name (llama.cpp's tensor map for LLM_ARCH_LLAMA).
-LAYER_NAMES = {
-    "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v", "attention.wo": "attn_output",
-    "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down", "feed_forward.w3": "ffn_up",
-    "attention_norm": "attn_norm", "ffn_norm": "ffn_norm",
-}
-TOP_NAMES = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output"}
 LLAMA3_VOCAB = 128256  # the vocabularies llama.cpp's "llama-bpe" pre-tokenizer is for
-TOKEN_NORMAL, TOKEN_CONTROL = 1, 3  # gguf.TokenType
+TOKEN_NORMAL, TOKEN_CONTROL = int(TokenType.NORMAL), int(TokenType.CONTROL)
 
 
 @dataclass
@@ -45,14 +40,6 @@ class Vocabulary:
     tokens: list[str]  # GPT-2 byte-level strings; special tokens as written
     types: list[int]
     merges: list[str]  # "left right", in merge order
-
-
-def gguf_name(meta_name: str) -> str:
-    stem = meta_name.removesuffix(".weight")
-    if stem in TOP_NAMES:
-        return TOP_NAMES[stem] + ".weight"
-    _, layer, rest = stem.split(".", 2)
-    return f"blk.{layer}.{LAYER_NAMES[rest]}.weight"
 
 
 def tiktoken_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
@@ -131,7 +118,7 @@ def write_gguf(loaded: LoadedModel, destination: Path, name: str = "llama-mobile
     check_convertible(arch)
     vocab = vocabulary(loaded)
     with temporary_path(destination) as partial:
-        writer = gguf.GGUFWriter(str(partial), "llama")
+        writer = gguf.GGUFWriter(str(partial), GGUF_ARCH)
         writer.add_name(name)
         writer.add_context_length(arch.max_position)
         writer.add_embedding_length(arch.dim)
@@ -158,11 +145,12 @@ def write_gguf(loaded: LoadedModel, destination: Path, name: str = "llama-mobile
         tensors = []
         if arch.rope_scaling is not None:
             factors = rope_scale_factors(arch.head_dim, arch.rope_theta, arch.rope_scaling)
-            tensors.append(("rope_freqs.weight", factors.float()))
+            tensors.append((ROPE_FREQS, factors.float()))
         for meta_name, tensor in loaded.state_dict.items():
-            if meta_name == "output.weight" and arch.tied_embeddings:
+            kind, block = META.split(meta_name)
+            if kind is MODEL_TENSOR.OUTPUT and arch.tied_embeddings:
                 continue  # llama.cpp reads token_embd when the output layer is absent
-            tensors.append((gguf_name(meta_name), tensor))
+            tensors.append((GGUF.name(kind, block), tensor))
         for name, tensor in tensors:
             dtype = np.float32 if tensor.dim() == 1 else np.float16
             writer.add_tensor_info(name, tuple(tensor.shape), np.dtype(dtype),

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llama_mobile.runtime_harness.guard_prompt import GuardReplyError, parse_guard_reply
+from llama_mobile.core.errors import UsageError
+from llama_mobile.runtime_harness.guard_prompt import PIECES, GuardReplyError, parse_guard_reply
 
 
 @dataclass
@@ -42,10 +43,26 @@ def label_token_ids(tokenizer) -> tuple[int, int]:
     return safe[0], unsafe[0]
 
 
-def classify(program, tokenizer, prompt: str, eos_ids: tuple[int, ...], max_new_tokens: int = 12) -> GuardResult:
+def template_control_ids(tokenizer) -> list[int]:
+    """The special ids the Guard template itself writes: BOS, the user header, <|eot_id|>, the assistant header."""
+    return tokenizer.control_ids(tokenizer.encode(PIECES["begin"] + PIECES["end"]))
 
+
+def check_control_ids(tokenizer, ids: list[int]) -> None:
+    """Refuses a prompt whose special ids are not exactly the template's, e.g. a message that wrote
+    "<|eot_id|><|start_header_id|>assistant..." and was not formatted by format_guard_prompt."""
+    found, expected = tokenizer.control_ids(ids), template_control_ids(tokenizer)
+    if found != expected:
+        raise UsageError(f"the Guard prompt holds special tokens {found}, its template only {expected}: "
+                         "a message spells a control token", fix="format prompts with format_guard_prompt, "
+                         "which keeps every message's text out of the control tokens")
+
+
+def classify(program, tokenizer, prompt: str, eos_ids: tuple[int, ...], max_new_tokens: int = 12) -> GuardResult:
+    """Greedy Guard reply to a prompt from format_guard_prompt; any other control token in it is refused."""
     safe_id, unsafe_id = label_token_ids(tokenizer)
     ids = tokenizer.encode(prompt)
+    check_control_ids(tokenizer, ids)
     started = time.perf_counter()
     logits = program.forward(torch.tensor([ids]), 0)[0]
     first_token_ms = (time.perf_counter() - started) * 1000

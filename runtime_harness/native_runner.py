@@ -17,13 +17,13 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
 from llama_mobile.core.atomic import temporary_path
 from llama_mobile.core.errors import ResourceError, RuntimeFailure
-from llama_mobile.export.bundle import weights_path
 
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("bench_runner.cpp", "llm_ops.cpp")
@@ -101,7 +101,7 @@ def build() -> Path:
     return binary
 
 
-def run(program: Path, token_ids: list[int], new_tokens: int, threads: int, *,
+def run(program: Path, token_ids: list[int], new_tokens: int, threads: int, *, weights: Path | None = None,
         logits: Path | None = None, binary: Path | None = None) -> dict:
     """One generation: prefill token_ids, then greedy decode. Returns the runner's JSON figures."""
 
@@ -110,7 +110,6 @@ def run(program: Path, token_ids: list[int], new_tokens: int, threads: int, *,
         handle.write(" ".join(str(t) for t in token_ids))
     command = [str(binary), str(program), "--tokens", handle.name, "--new-tokens", str(new_tokens),
                "--threads", str(threads)]
-    weights = weights_path(program)
     if weights:
         command += ["--data", str(weights)]
     if logits:
@@ -123,6 +122,8 @@ def run(program: Path, token_ids: list[int], new_tokens: int, threads: int, *,
         # ExecuTorch's error lines ("E 00:00:00.000 file.cpp:12] why") say why; the runner's own says where.
         errors = [line.split("] ", 1)[-1] for line in done.stderr.splitlines() if line.startswith("E ")]
         ours = [line for line in done.stderr.splitlines() if line.startswith("bench_runner:")]
+        if done.returncode < 0:
+            ours.append(f"crashed with {signal.Signals(-done.returncode).name}: the program may be damaged")
         reason = "; ".join(errors[:1] + ours[-1:]) or "no output"
         raise RuntimeFailure(f"the native runner failed ({reason})", path=str(program),
                              fix="run `llama-mobile generate` on the bundle, or bench it with --runtime python")

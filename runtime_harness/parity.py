@@ -1,11 +1,14 @@
 """Parity of an exported program against the float reference on the same tokens, and its gate."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from llama_mobile.core.errors import UsageError
+from llama_mobile.export.config_fields import read_user_text
 from llama_mobile.runtime_harness.metrics import ParityMetrics, compare_logits
 from llama_mobile.runtime_harness.program import Program
 
@@ -15,12 +18,23 @@ PROMPTS = CORPUS_DIR / "prompts.jsonl"  # the greedy-generation check
 GUARD_PROMPTS = CORPUS_DIR / "guard_prompts.jsonl"
 
 
+# A gate measured over fewer positions than this says nothing (`validate --positions` has the same minimum);
+# a shorter request (a context under 8) needs all the positions it asked for.
+MIN_GATE_POSITIONS = 8
+
+
 def eval_token_ids(tokenizer, positions: int, text_path: Path | None = None,
                    bos_id: int | None = None) -> list[int]:
-    text = (text_path or CORPUS).read_text(encoding="utf-8")
+    """The first `positions` tokens of the text; a text too short for the gate is an error, never a pass."""
+    text = read_user_text(text_path, what="evaluation text") if text_path is not None else \
+        CORPUS.read_text(encoding="utf-8")
     ids = tokenizer.encode(text)
     if bos_id is not None:
         ids = [bos_id, *ids]
+    needed = max(2, min(positions, MIN_GATE_POSITIONS))
+    if len(ids) < needed:
+        raise UsageError(f"the evaluation text gives {len(ids)} token positions; the parity gate needs at least "
+                         f"{needed}", path=text_path or CORPUS, fix="pass a longer --text")
     return ids[:positions]
 
 
@@ -60,8 +74,17 @@ class GateResult:
                 f"ppl ratio {m.ppl_ratio:.3f}")
 
 
+def check_thresholds(thresholds: dict) -> None:
+    """A NaN limit can never be crossed: every threshold is a finite number."""
+    for key, limit in thresholds.items():
+        if not (isinstance(limit, (int, float)) and not isinstance(limit, bool) and math.isfinite(limit)):
+            raise UsageError(f"threshold {key} = {limit!r} is not a finite number", fix=f"give --{key.replace('_', '-')} "
+                             "a finite number")
+
+
 def gate(metrics: ParityMetrics, thresholds: dict, reference: str = "fp32 eager") -> GateResult:
     """Each failing metric is named with its value, its limit and the distance between them."""
+    check_thresholds(thresholds)
     failures = []
     checks = (("top1_agreement", "min_top1", min), ("cosine_mean", "min_cosine", min),
               ("ppl_ratio", "max_ppl_ratio", max), ("kl_mean", "max_kl_mean", max))
@@ -69,13 +92,15 @@ def gate(metrics: ParityMetrics, thresholds: dict, reference: str = "fp32 eager"
         if key not in thresholds or not hasattr(metrics, metric):
             continue
         value, limit = getattr(metrics, metric), thresholds[key]
-        if (kind is min and value < limit) or (kind is max and value > limit):
+        if not math.isfinite(value):  # NaN compares false both ways: it must fail, not pass
+            failures.append(f"{metric} is {value} (the candidate's logits are not finite)")
+        elif (kind is min and value < limit) or (kind is max and value > limit):
             failures.append(f"{metric} {value:.4f} {'<' if kind is min else '>'} {limit:.4f} "
                             f"(off by {abs(value - limit):.4f})")
     return GateResult(metrics=metrics, thresholds=dict(thresholds), failures=failures, reference=reference)
 
 
-def program_parity(pte_path: Path, token_ids: list[int], reference: torch.Tensor) -> ParityMetrics:
-
-    candidate = Program(pte_path).logits_per_position(token_ids)
+def program_parity(pte_path: Path, token_ids: list[int], reference: torch.Tensor,
+                   weights: Path | None = None) -> ParityMetrics:
+    candidate = Program(pte_path, weights, trusted=True).logits_per_position(token_ids)  # written by this run
     return compare_logits(reference, candidate, token_ids)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llama_mobile.core.bundle import Bundle
 from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
 from llama_mobile.core.tokenizer import Tokenizer
 from llama_mobile.export.checkpoint import load_checkpoint
@@ -26,21 +27,19 @@ def llama_cpp_logits(gguf: Path, token_ids: list[int], threads: int = 2) -> torc
     return torch.from_numpy(np.array(llm.scores[: len(token_ids)], dtype=np.float32))
 
 
-def quality_against_peer(bundle: Path, manifest: dict, gguf: Path, positions: int = 256) -> dict:
+def quality_against_peer(bundle: Bundle, gguf: Path, positions: int = 256) -> dict:
     """Top-1, KL and perplexity ratio of the bundle and of the llama.cpp file, against the same FP32
     eager reference (the bundle's source checkpoint) on the same tokens of the shipped text."""
-
-
+    manifest = bundle.manifest
     checkpoint = source_checkpoint(manifest)
-    preset = manifest["model"]["preset"]
+    preset = manifest.model.preset
     loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, checkpoint)
     load_custom_ops()
-    tokenizer = Tokenizer(bundle / manifest["tokenizer"]["file"])
-    context = manifest["runtime"]["context_length"]
-    token_ids = eval_token_ids(tokenizer, min(positions, context), bos_id=manifest["special_tokens"]["bos_id"])
+    tokenizer = Tokenizer(bundle.tokenizer)
+    context = bundle.context_length
+    token_ids = eval_token_ids(tokenizer, min(positions, context), bos_id=manifest.special_tokens.bos_id)
     reference = reference_logits(build_model(loaded.architecture, context, loaded.state_dict), token_ids)
-    ours = compare_logits(reference, Program(bundle / manifest["runtime"]["program"]).logits_per_position(token_ids),
-                          token_ids)
+    ours = compare_logits(reference, Program.of(bundle).logits_per_position(token_ids), token_ids)
     peer = compare_logits(reference, llama_cpp_logits(gguf, token_ids), token_ids)
     keys = ("top1_agreement", "kl_mean", "ppl_ratio", "cosine_mean")
     return {"positions": len(token_ids), "reference": "fp32 eager",

@@ -24,7 +24,7 @@ def test_bench_runs_the_bundle_in_fresh_processes(tiny_fp32_bundle):
     assert report["runtime"] == "python"
     figures = report["executorch"]["8"]
     assert figures["decode_tps"]["median"] > 0 and figures["peak_rss_bytes"]["median"] > 0
-    assert report["size_bytes"]["executorch"] == tiny_fp32_bundle.manifest["files"]["model.pte"]["size"]
+    assert report["size_bytes"]["executorch"] == tiny_fp32_bundle.manifest.to_dict()["files"]["model.pte"]["size"]
     assert "llama.cpp" not in report
 
 

@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from llama_mobile.core.errors import BundleError, OutputError
-from llama_mobile.core.manifest import read_manifest, verify_bundle
+from llama_mobile.core.bundle import verify_bundle
+from llama_mobile.core.manifest import read_manifest
 from tests.conftest import export_tiny
 
 
@@ -62,7 +63,7 @@ def test_interrupted_export_keeps_the_previous_bundle(tmp_path, tiny_hf, tiny_fp
 
     from llama_mobile.jobs import export_job
 
-    monkeypatch.setattr(export_job, "program_parity", interrupted)
+    monkeypatch.setattr(export_job, "measure_parity", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_tiny(tiny_hf, out, "fp32")
     assert (previous / "manifest.json").read_bytes() == before

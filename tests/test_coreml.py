@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from llama_mobile.core.errors import UsageError
-from llama_mobile.core.manifest import schema_problems, verify_bundle
+from llama_mobile.core.bundle import verify_bundle
+from llama_mobile.core.manifest import schema_problems
 from llama_mobile.core.targets import TARGETS, get_target
 from llama_mobile.jobs.export_job import ExportRequest, check_request, run_export
 from tests.checkpoints import TINY
@@ -62,7 +63,7 @@ def test_ios18_int4_is_one_core_ml_model_with_state_and_blockwise_weights(ios18_
 
 def test_ios18_bundle_manifest_and_standalone_mlpackage(ios18_int4):
     bundle = ios18_int4.bundle
-    manifest = verify_bundle(bundle)  # every file, inside model.mlpackage too, against its SHA-256
+    manifest = verify_bundle(bundle).manifest.to_dict()  # every file, inside model.mlpackage too, against its SHA-256
     assert schema_problems(manifest) == []
     assert {"model.pte", "tokenizer.json", "parity.json", "coreml_report.json"} <= set(manifest["files"])
     assert any(name.startswith("model.mlpackage/") and name.endswith("weight.bin") for name in manifest["files"])
@@ -116,7 +117,7 @@ def test_every_preset_and_recipe_lowers_whole(target, recipe, tiny_hf, tmp_path)
     report = json.loads((result.bundle / "coreml_report.json").read_text())
     assert report["passed"], report["checks"]
     assert result.parity["passed"]
-    assert result.manifest["runtime"]["coreml"]["compute_units"] == get_target(target).option("compute_units")
+    assert result.manifest.to_dict()["runtime"]["coreml"]["compute_units"] == get_target(target).option("compute_units")
     if recipe == "coreml-fp16":  # fp16 against the fp32 reference: nearly exact
         assert result.parity["metrics"]["cosine_mean"] > 0.999
 
@@ -125,12 +126,12 @@ def test_compute_units_and_state_reach_the_compile_specs():
     import coremltools as ct
     from executorch.backends.apple.coreml.compiler import CoreMLBackend
 
-    from llama_mobile.export.backends.coreml import partitioners
+    from llama_mobile.export.backends import get_backend
 
     for name, units, ios in (("coreml-ios18-cpu-ne", ct.ComputeUnit.CPU_AND_NE, ct.target.iOS18),
                              ("coreml-ios18-cpu-gpu", ct.ComputeUnit.CPU_AND_GPU, ct.target.iOS18),
                              ("coreml-ios17", ct.ComputeUnit.ALL, ct.target.iOS17)):
-        (partitioner,) = partitioners(get_target(name))
+        (partitioner,) = get_backend(get_target(name)).partitioners(get_target(name))
         specs = partitioner.delegation_spec.compile_specs
         assert CoreMLBackend.compute_unit_from_compile_specs(specs) == units
         assert CoreMLBackend.min_deployment_target_from_compile_specs(specs) == ios
@@ -170,7 +171,7 @@ def test_unsupported_combinations_are_refused_before_any_weight_loads(target, re
 def test_mlpackage_format_needs_a_core_ml_target(tmp_path):
     request = ExportRequest(model="llama", checkpoint=tmp_path / "ckpt", recipe="8da4w", target="xnnpack",
                             output_dir=tmp_path, formats=("mlpackage",))
-    with pytest.raises(UsageError, match="--format mlpackage needs a Core ML target"):
+    with pytest.raises(UsageError, match="--format mlpackage needs a target that writes it"):
         check_request(request)
 
 
@@ -209,9 +210,9 @@ def test_running_a_core_ml_bundle_off_macos_is_refused_in_one_line(ios18_int4):
 
     bundle = ios18_int4.bundle
     with pytest.raises(RuntimeFailure, match="Core ML bundle"):
-        Program(bundle / "model.pte")
+        Program.of(verify_bundle(bundle))
     with pytest.raises(RuntimeFailure, match="Core ML bundle"):
-        Runner(bundle / "model.pte", bundle / "tokenizer.json")
+        Runner.of(verify_bundle(bundle))
 
 
 def test_l2_rms_norm_matches_and_survives_fp16_outliers():

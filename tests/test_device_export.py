@@ -20,7 +20,7 @@ def test_every_device_preset_plans_a_1b_export(name, tmp_path):
 
 def test_export_with_a_device_records_it(tiny_hf, tmp_path):
     result = export_tiny(tiny_hf, tmp_path, "8da4w", device="snapdragon-8-gen-3", validate=False)
-    device = result.manifest["device"]
+    device = result.manifest.to_dict()["device"]
     assert device["name"] == "snapdragon-8-gen-3"
     assert device["recipe_reason"] and device["plan"]["context"] == 64
 

@@ -3,7 +3,8 @@ import json
 
 import torch
 
-from llama_mobile.core.manifest import schema_problems, verify_bundle
+from llama_mobile.core.bundle import verify_bundle
+from llama_mobile.core.manifest import schema_problems
 from llama_mobile.core.tokenizer import Tokenizer
 from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.model import build_model
@@ -21,10 +22,10 @@ def test_fp32_program_gives_exactly_the_eager_greedy_tokens(tiny_hf, tiny_fp32_b
     bundle = tiny_fp32_bundle.bundle
     prompt = Tokenizer(bundle / "tokenizer.json").encode("Alice was beginning to get")
     expected = eager_greedy_from(tiny_hf, prompt, 20)
-    assert program_greedy(Program(bundle / "model.pte"), prompt, 20) == expected
+    assert program_greedy(Program.of(verify_bundle(bundle)), prompt, 20) == expected
     # TextLLMRunner (the phones' C++ runner) agrees token for token.
     tokenizer = Tokenizer(bundle / "tokenizer.json")
-    result = Runner(bundle / "model.pte", bundle / "tokenizer.json").generate(
+    result = Runner.of(verify_bundle(bundle)).generate(
         "Alice was beginning to get", max_new_tokens=20)
     assert result.stats.generated_tokens >= 1
     assert result.text == runner_printed_text(tokenizer, expected[: result.stats.generated_tokens])
@@ -58,19 +59,19 @@ def test_stream_filter_drops_end_tokens_and_the_stats_line():
 
 def test_runner_restarts_from_position_zero_each_call(tiny_fp32_bundle):
     bundle = tiny_fp32_bundle.bundle
-    runner = Runner(bundle / "model.pte", bundle / "tokenizer.json")
+    runner = Runner.of(verify_bundle(bundle))
     first = runner.generate("Alice was", max_new_tokens=8).text
     assert runner.generate("Alice was", max_new_tokens=8).text == first
 
 
 def test_bundle_is_complete_and_carries_the_runner_metadata(tiny_fp32_bundle):
     bundle = tiny_fp32_bundle.bundle
-    manifest = verify_bundle(bundle)
+    manifest = verify_bundle(bundle).manifest.to_dict()
     assert schema_problems(manifest) == []
     assert set(manifest["files"]) == {"model.pte", "tokenizer.json", "parity.json"}
     meta = manifest["runtime"]["metadata"]
     assert meta["get_max_context_len"] == 64 and meta["use_kv_cache"] is True
-    program = Program(bundle / "model.pte")
+    program = Program.of(verify_bundle(bundle))
     for name, value in meta.items():
         outputs = list(program.module.run_method(name, ()))
         assert (outputs if isinstance(value, list) else outputs[0]) == value, name
@@ -85,11 +86,11 @@ def test_fp32_parity_is_near_identical(tiny_fp32_bundle):
 
 
 def test_8da4w_exports_quantized_and_runs(tiny_8da4w_bundle, tiny_fp32_bundle):
-    manifest = tiny_8da4w_bundle.manifest
+    manifest = tiny_8da4w_bundle.manifest.to_dict()
     assert any("Int8DynamicActivationIntxWeightConfig" in json.dumps(c)
                for c in manifest["recipe"]["torchao_configs"].values())
-    fp32_size = tiny_fp32_bundle.manifest["files"]["model.pte"]["size"]
+    fp32_size = tiny_fp32_bundle.manifest.to_dict()["files"]["model.pte"]["size"]
     assert manifest["files"]["model.pte"]["size"] < 0.6 * fp32_size
     assert tiny_8da4w_bundle.parity["metrics"]["positions"] == 48
-    logits = Program(tiny_8da4w_bundle.bundle / "model.pte").forward(torch.tensor([[1, 2, 3]]), 0)
+    logits = Program.of(verify_bundle(tiny_8da4w_bundle.bundle)).forward(torch.tensor([[1, 2, 3]]), 0)
     assert logits.shape == (1, 300) and torch.isfinite(logits).all()

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from llama_mobile.core.bundle import verify_bundle
 from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.tokenizer import Tokenizer
 from llama_mobile.export.checkpoint import load_checkpoint
@@ -29,7 +30,7 @@ def tiny_guard(tmp_path_factory):
 
 def test_guard_bundle_records_the_template(tiny_guard):
     _, result = tiny_guard
-    manifest = result.manifest
+    manifest = result.manifest.to_dict()
     assert manifest["model"]["task"] == "guard"
     assert manifest["guard"]["name"] == "llama-guard-3-1b"
 
@@ -42,7 +43,7 @@ def test_program_and_eager_model_classify_alike(tiny_guard, custom_ops):
     safe_id, unsafe_id = label_token_ids(tokenizer)
     assert tokenizer.decode([safe_id]) == "safe" and tokenizer.decode([unsafe_id]) == "unsafe"
     eos = (128001, 128008, 128009)
-    got = classify(Program(result.bundle / "model.pte"), tokenizer, prompt, eos)
+    got = classify(Program.of(verify_bundle(result.bundle)), tokenizer, prompt, eos)
     loaded = load_checkpoint("llama", ckpt)
     expected = classify(EagerModel(build_model(loaded.architecture, 1024, loaded.state_dict)),
                         tokenizer, prompt, eos)

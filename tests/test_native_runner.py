@@ -10,7 +10,7 @@ from llama_mobile.jobs.bench_job import BenchRequest, run_bench
 from llama_mobile.runtime_harness import native_runner
 
 pytestmark = pytest.mark.skipif(native_runner.compiler() is None, reason="no C++ compiler on this machine")
-XNNPACK_FP32 = {"target": {"backend": "xnnpack"}, "recipe": {"dtype": "fp32"}}
+XNNPACK_FP32 = ("xnnpack", "fp32")  # (backend, dtype)
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +92,19 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
     assert "--runtime python" in caught.value.fix
     from llama_mobile.jobs.bench_job import resolve_runtime
 
-    assert resolve_runtime("auto", XNNPACK_FP32) == "python"
+    assert resolve_runtime("auto", *XNNPACK_FP32) == "python"
 
 
 def test_bundles_the_native_runner_cannot_run_go_to_the_python_runtime():
     from llama_mobile.core.errors import UsageError
     from llama_mobile.jobs.bench_job import resolve_runtime
 
-    assert resolve_runtime("auto", XNNPACK_FP32) == "native"
-    fp16 = {"target": {"backend": "xnnpack"}, "recipe": {"dtype": "fp16"}}
-    coreml = {"target": {"backend": "coreml"}, "recipe": {"dtype": "fp16"}}
-    assert resolve_runtime("auto", fp16) == resolve_runtime("auto", coreml) == "python"
+    assert resolve_runtime("auto", *XNNPACK_FP32) == "native"
+    fp16 = ("xnnpack", "fp16")
+    coreml = ("coreml", "fp16")
+    assert resolve_runtime("auto", *fp16) == resolve_runtime("auto", *coreml) == "python"
     with pytest.raises(UsageError, match="attention ops are float32, this program is fp16") as caught:
-        resolve_runtime("native", fp16)
+        resolve_runtime("native", *fp16)
     assert caught.value.fix == "use --runtime python"
     with pytest.raises(UsageError, match="no coreml backend"):
-        resolve_runtime("native", coreml)
+        resolve_runtime("native", *coreml)

@@ -7,7 +7,7 @@ from llama_mobile.cli import main
 from llama_mobile.core.devices import DEVICES, get_device
 from llama_mobile.core.errors import ConfigError, ExportError, UsageError
 from llama_mobile.core.targets import TARGETS, get_target
-from llama_mobile.export.backends import backend_module, bind_device, sdk_problem
+from llama_mobile.export.backends import bind_device, qnn, sdk_problem
 from llama_mobile.jobs.export_job import ExportRequest, check_request
 from llama_mobile.quantize.pt2e import (
     neuropilot_quant_settings,
@@ -104,7 +104,6 @@ def test_qnn_sdk_check_wants_the_libraries_on_the_loader_path(tmp_path):
     lib.mkdir(parents=True)
     for name in ("libQnnHtp.so", "libQnnSystem.so", "libQnnHtpPrepare.so"):
         (lib / name).write_bytes(b"")
-    qnn = backend_module(get_target("qnn-htp"))
     assert "not on LD_LIBRARY_PATH" in qnn.sdk_problem({"QNN_SDK_ROOT": str(tmp_path)})
     assert qnn.sdk_problem({"QNN_SDK_ROOT": str(tmp_path), "LD_LIBRARY_PATH": f"/x:{lib}"}) is None
 
@@ -241,7 +240,7 @@ def test_vulkan_lowers_the_tiny_model_whole(tiny_hf, tmp_path):
 
     request = ExportRequest(model="llama", checkpoint=tiny_hf, recipe="8da4w", target="vulkan",
                             output_dir=tmp_path, context=64, positions=48, validate=False)
-    runtime = run_export(request).manifest["runtime"]
+    runtime = run_export(request).manifest.to_dict()["runtime"]
     assert runtime["delegated_calls"] == 1 and runtime["ops_outside_delegates"] == {}
     assert runtime["delegated_share"] == 1.0 and runtime["ops_in_delegates"] > 50
 

@@ -93,7 +93,7 @@ def test_pruned_checkpoint_round_trips_through_the_hf_loader(pruned_guard):
 
 def test_pruned_guard_bundle_gives_the_unpruned_verdict(pruned_guard, custom_ops):
     source, _, _, result = pruned_guard
-    manifest = result.manifest
+    manifest = result.manifest.to_dict()
     assert manifest["model"]["task"] == "guard" and manifest["model"]["preset"] == "tiny-guard-pruned"
     assert manifest["model"]["history"][-1]["removed"]["output_vocabulary"]["kept"] == 21
     assert len(manifest["model"]["architecture"]["output_token_ids"]) == 21 and result.parity["passed"]
@@ -136,10 +136,10 @@ def test_pruned_guard_real_shapes_export_under_guard_int4_fits_438_mib(tmp_path)
     del state
     result = run_export(ExportRequest(model="llama", checkpoint=folder, recipe="guard-int4", target="xnnpack",
                                       output_dir=tmp_path / "out", context=1024, validate=False))
-    size = result.manifest["files"]["model.pte"]["size"]  # the bundle adds the 2.2 MB tokenizer.model
+    size = result.manifest.to_dict()["files"]["model.pte"]["size"]  # the bundle adds the 2.2 MB tokenizer.model
     predicted = predict_size(arch, load_recipe("guard-int4"), 1024).total
     print(f"pruned Guard guard-int4: model.pte {size:,} B ({size / 2**20:.1f} MiB), predicted {predicted:,} B, "
           f"export {sum(result.seconds.values()):.0f}s, peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
     # Measured: model.pte 439,887,568 B (419.5 MiB), predicted 439,883,608 B.
     assert size / 2**20 <= 438 and abs(size - predicted) / predicted < 0.001
-    assert result.manifest["model"]["task"] == "guard" and result.manifest["model"]["history"]
+    assert result.manifest.to_dict()["model"]["task"] == "guard" and result.manifest.to_dict()["model"]["history"]

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from llama_mobile.core.bundle import verify_bundle
 from llama_mobile.core.presets import MODEL_PRESETS
 from llama_mobile.jobs.export_job import ExportRequest, run_export
 from tests.checkpoints import llama3_tokenizer_model, random_state_dict, write_meta
@@ -24,7 +25,7 @@ def test_llama32_quantized_matches_metas_published_size(llama_1b_checkpoint, tmp
     request = ExportRequest(model="llama3.2-1b", checkpoint=llama_1b_checkpoint, recipe="llama3.2-quantized",
                             target="xnnpack", output_dir=tmp_path, validate=False)
     result = run_export(request)
-    files = result.manifest["files"]
+    files = result.manifest.to_dict()["files"]
     pte_mib = (files["model.pte"]["size"] + files.get("model.ptd", {"size": 0})["size"]) / MIB
     print(f"llama3.2-1b llama3.2-quantized: model.pte {pte_mib:.0f} MiB, export {sum(result.seconds.values()):.0f}s, "
           f"peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB, stages {result.seconds}")
@@ -35,14 +36,14 @@ def test_llama32_quantized_matches_metas_published_size(llama_1b_checkpoint, tmp
 
     arch = MODEL_PRESETS["llama3.2-1b"].architecture
     recipe = load_recipe("llama3.2-quantized")
-    ours = predict_size(arch, recipe, result.manifest["runtime"]["context_length"]).total / MIB
-    metas = predict_size(arch, recipe, result.manifest["runtime"]["context_length"], group_scale_bytes=4,
+    ours = predict_size(arch, recipe, result.manifest.to_dict()["runtime"]["context_length"]).total / MIB
+    metas = predict_size(arch, recipe, result.manifest.to_dict()["runtime"]["context_length"], group_scale_bytes=4,
                          tied_stored_once=False).total / MIB
     assert abs(pte_mib - ours) / ours < 0.02
     assert abs(metas - 1083) / 1083 < 0.01 and pte_mib < 1083
     from llama_mobile.runtime_harness.program import Program
 
-    logits = Program(result.bundle / "model.pte").forward(torch.tensor([[128000, 9906]]), 0)
+    logits = Program.of(verify_bundle(result.bundle)).forward(torch.tensor([[128000, 9906]]), 0)
     assert logits.shape == (1, 128256) and torch.isfinite(logits).all()
 
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from llama_mobile.core.bundle import verify_bundle
 from llama_mobile.core.targets import get_target
 from llama_mobile.quantize.recipe import load_recipe, shipped_recipes
 from llama_mobile.runtime_harness.program import Program
@@ -36,13 +37,13 @@ def test_recipe_exports_and_runs(name, wide_hf, tmp_path):
             export_tiny(wide_hf, tmp_path, name, validate=False)
         return
     result = export_tiny(wide_hf, tmp_path, name, validate=False)
-    outside = result.manifest["runtime"]["ops_outside_delegates"]
+    outside = result.manifest.to_dict()["runtime"]["ops_outside_delegates"]
     if recipe.dtype == "bf16":  # documented: XNNPACK in ExecuTorch 1.5 leaves bf16 matmuls outside
         assert any(op.startswith("mm") for op in outside), " ".join(sorted(outside))
     else:
         assert not any("linear" in op or op.startswith("mm") or "addmm" in op for op in outside), \
             " ".join(sorted(outside))
-    logits = Program(result.bundle / "model.pte").forward(torch.tensor([[1, 2, 3, 4]]), 0)
+    logits = Program.of(verify_bundle(result.bundle)).forward(torch.tensor([[1, 2, 3, 4]]), 0)
     assert logits.shape == (1, TINY_WIDE.vocab_size) and torch.isfinite(logits).all()
 
 
@@ -52,4 +53,4 @@ def test_half_precision_recipes_pass_their_gate_at_half_the_size(name, wide_hf, 
     result = export_tiny(wide_hf, tmp_path, name)  # the gate compares with the fp32 eager model
     assert result.parity["passed"], result.parity["failures"]
     fp32_weights = 4 * sum(v.numel() for v in random_state_dict(TINY_WIDE, seed=5).values())
-    assert result.manifest["files"]["model.pte"]["size"] < 0.6 * fp32_weights
+    assert result.manifest.to_dict()["files"]["model.pte"]["size"] < 0.6 * fp32_weights

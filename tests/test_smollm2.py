@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from llama_mobile.core.manifest import verify_bundle
+from llama_mobile.core.bundle import verify_bundle
 from llama_mobile.jobs.export_job import ExportRequest, run_export
 from llama_mobile.runtime_harness.generate import Runner
 
@@ -29,7 +29,7 @@ def test_default_export_passes_its_parity_gate(smollm2_8da4w):
 
 
 def test_default_bundle_is_small_and_verified(smollm2_8da4w):
-    manifest = verify_bundle(smollm2_8da4w.bundle)
+    manifest = verify_bundle(smollm2_8da4w.bundle).manifest.to_dict()
     program = manifest["files"]["model.pte"]["size"] + manifest["files"]["model.ptd"]["size"]
     # 135M parameters, mostly 4-bit, the tied 8-bit matrix once: no larger than llama.cpp's Q4_0 (91.7 MB).
     assert 60e6 < program < 91.8e6
@@ -39,11 +39,11 @@ def test_default_bundle_is_small_and_verified(smollm2_8da4w):
 
 def test_generates_english_through_textllmrunner(smollm2_8da4w):
     bundle = smollm2_8da4w.bundle
-    manifest = verify_bundle(bundle)
+    manifest = verify_bundle(bundle).manifest.to_dict()
     t = manifest["prompt_template"]
     prompt = t["prefix"] + t["user"].replace("{content}", "Name three planets.") + t["assistant_start"]
     pieces = []
-    result = Runner(bundle / "model.pte", bundle / manifest["tokenizer"]["file"]).generate(
+    result = Runner.of(verify_bundle(bundle)).generate(
         prompt, max_new_tokens=48, on_text=pieces.append)
     text = result.text
     assert "".join(pieces) == text and len(pieces) > 3  # streamed, not delivered at the end

@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 
+from llama_mobile.core.bundle import verify_bundle
 from llama_mobile.jobs.plan import predict_size
 from llama_mobile.quantize.recipe import load_recipe
 from tests.checkpoints import TINY, random_state_dict, write_hf
@@ -44,7 +45,7 @@ def test_shared_quantization_uses_one_tensor_for_lookup_and_matmul(custom_ops):
 
 
 def test_tied_bundle_stores_the_matrix_once_and_runs(tied_bundle):
-    manifest = tied_bundle.manifest
+    manifest = tied_bundle.manifest.to_dict()
     assert manifest["runtime"]["weights"] == "model.ptd"
     stored = manifest["files"]["model.pte"]["size"] + manifest["files"]["model.ptd"]["size"]
     predicted = predict_size(TIED, load_recipe("8da4w-mixed"), 64).total
@@ -58,18 +59,18 @@ def test_runner_and_program_load_the_external_weights(tied_bundle):
     from llama_mobile.runtime_harness.program import Program
 
     bundle = tied_bundle.bundle
-    logits = Program(bundle / "model.pte").forward(torch.tensor([[1, 2, 3]]), 0)
+    logits = Program.of(verify_bundle(bundle)).forward(torch.tensor([[1, 2, 3]]), 0)
     assert logits.shape[-1] == TIED.vocab_size and torch.isfinite(logits).all()
-    result = Runner(bundle / "model.pte", bundle / "tokenizer.json").generate("hello", max_new_tokens=4)
+    result = Runner.of(verify_bundle(bundle)).generate("hello", max_new_tokens=4)
     assert result.stats.generated_tokens >= 1
 
 
 def test_single_file_keeps_everything_in_the_program(tied_hf, tmp_path):
     single = export_tiny(tied_hf, tmp_path, "8da4w-mixed", single_file=True, validate=False)
-    assert single.manifest["runtime"]["weights"] is None and "model.ptd" not in single.manifest["files"]
+    assert single.manifest.to_dict()["runtime"]["weights"] is None and "model.ptd" not in single.manifest.to_dict()["files"]
     from llama_mobile.runtime_harness.program import Program
 
-    logits = Program(single.bundle / "model.pte").forward(torch.tensor([[1, 2, 3]]), 0)
+    logits = Program.of(verify_bundle(single.bundle)).forward(torch.tensor([[1, 2, 3]]), 0)
     assert torch.isfinite(logits).all()
 
 
@@ -78,7 +79,7 @@ def test_verify_refuses_weights_the_files_do_not_list(tied_bundle, tmp_path):
     import shutil
 
     from llama_mobile.core.errors import BundleError
-    from llama_mobile.core.manifest import verify_bundle
+    from llama_mobile.core.bundle import verify_bundle
 
     copy = tmp_path / "copy"
     shutil.copytree(tied_bundle.bundle, copy)

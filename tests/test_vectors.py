@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from llama_mobile.core.bundle import verify_bundle
 from llama_mobile.core.errors import BundleError, UsageError
-from llama_mobile.core.manifest import schema_problems, verify_bundle
+from llama_mobile.core.manifest import schema_problems
 from llama_mobile.core.presets import MODEL_PRESETS, ChatTemplate
+from llama_mobile.core.tokenizer import MARKERS, WORD_JOINER, chat_prompt, neutralize_specials
 from llama_mobile.runtime_harness.guard_prompt import (
     GuardReplyError,
     format_guard_prompt,
@@ -89,7 +91,7 @@ def test_manifests(case):
 
 
 def test_bundle_vector_verifies_and_tampering_is_caught(tmp_path):
-    assert verify_bundle(VECTORS / "bundle")["format"] == "llama-mobile-bundle"
+    assert verify_bundle(VECTORS / "bundle").manifest.schema_version == 1
     copy = shutil.copytree(VECTORS / "bundle", tmp_path / "bundle")
     (copy / "model.pte").write_bytes((copy / "model.pte").read_bytes().replace(b"real", b"fake"))
     with pytest.raises(BundleError, match="SHA-256"):
@@ -101,9 +103,33 @@ def test_manifest_vectors_cover_external_weights():
 
 
 def test_bundle_with_external_weights_verifies_and_tampering_is_caught(tmp_path):
-    manifest = verify_bundle(VECTORS / "bundle_weights")
+    manifest = verify_bundle(VECTORS / "bundle_weights").manifest.to_dict()
     assert manifest["runtime"]["weights"] == "model.ptd" and "model.ptd" in manifest["files"]
     copy = shutil.copytree(VECTORS / "bundle_weights", tmp_path / "bundle")
     (copy / "model.ptd").write_bytes((copy / "model.ptd").read_bytes().upper())
     with pytest.raises(BundleError, match="SHA-256"):
         verify_bundle(copy)
+
+
+INJECTION = json.loads((VECTORS / "injection.json").read_text(encoding="utf-8"))
+
+
+def test_injection_vector_states_the_rule_of_this_code():
+    assert INJECTION["joiner"] == WORD_JOINER and tuple(INJECTION["markers"]) == MARKERS
+
+
+@pytest.mark.parametrize("case", INJECTION["neutralize"], ids=lambda c: c["name"])
+def test_injection_neutralize(case):
+    got = neutralize_specials(case["text"], case.get("extra", ()))
+    assert got == case["expected"]
+    assert neutralize_specials(got, case.get("extra", ())) == got  # idempotent
+
+
+@pytest.mark.parametrize("case", INJECTION["chat"], ids=lambda c: f"{c['template']['name']}-{c['message'][:12]}")
+def test_injection_chat(case):
+    assert chat_prompt(case["template"], case["message"]) == case["expected"]
+
+
+@pytest.mark.parametrize("case", INJECTION["guard"], ids=lambda c: c["name"])
+def test_injection_guard(case):
+    assert format_guard_prompt(case["conversation"]) == case["expected"]

@@ -1,45 +1,36 @@
-"""One module per ExecuTorch backend. Each exposes:
+"""The backend registry: one module per ExecuTorch backend, each registering one ``Backend`` (see base.py).
 
-- ``check_environment(target)``: raise a one-line ``ExportError``/``UsageError`` when what the backend
-  needs (an SDK, an OS) is missing; called in the check stage, before any weight is read.
-- ``partitioners(target)``: the partitioners handed to ``to_edge_transform_and_lower``.
-- ``MODEL_OPTIONS``: keyword arguments for ``export.model.build_model`` the backend needs (e.g. plain
-  SDPA instead of ExecuTorch's custom LLM ops, which only XNNPACK/portable runtimes carry).
+Adding a backend: a module here with a ``Backend`` subclass and ``register(...)``, its import below, and a
+``Target`` in core/targets.py naming it.
 """
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+import dataclasses
 
 from llama_mobile.core.devices import DEVICES, get_device
 from llama_mobile.core.errors import ExportError, UsageError
 from llama_mobile.core.targets import Target
+from llama_mobile.export.backends import coreml, neuropilot, qnn, vulkan, xnnpack  # noqa: F401  (they register)
+from llama_mobile.export.backends.base import BACKENDS, Backend
 
 
-def backend_module(target: Target) -> ModuleType:
+def get_backend(target: Target) -> Backend:
     try:
-        return importlib.import_module(f"llama_mobile.export.backends.{target.backend}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"llama_mobile.export.backends.{target.backend}":
-            raise
+        return BACKENDS[target.backend]
+    except KeyError:
         raise ExportError(f"backend {target.backend!r} is not available in this build",
                           fix="use --target xnnpack") from None
 
 
 def sdk_problem(target: Target) -> str | None:
     """Why the target's SDK is unusable here, or None: a file and module lookup, no heavy import."""
-    module = backend_module(target)
-    return module.sdk_problem() if hasattr(module, "sdk_problem") else None
+    return get_backend(target).sdk_problem()
 
 
 def bind_device(target: Target, device_name: str | None) -> Target:
     """NPU targets compile for one SoC: take it from the device preset (recorded in the target's options)."""
-    import dataclasses
-
-
-    if target.backend not in NPU_BACKENDS:
+    if not get_backend(target).needs_chip:
         return target
-
     known = [n for n, d in DEVICES.items() if d.npu and d.npu.target == target.name]
     fix = f"pass --device {' or '.join(known)}"
     if not device_name:
@@ -50,6 +41,3 @@ def bind_device(target: Target, device_name: str | None) -> Target:
         raise UsageError(f"device {device_name} cannot use target {target.name} ({why})",
                          fix=f"use --target xnnpack for {device_name}, or {fix}")
     return dataclasses.replace(target, options=(*target.options, ("chip", npu.chip)))
-
-
-NPU_BACKENDS = ("qnn", "neuropilot")

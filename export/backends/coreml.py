@@ -8,42 +8,17 @@ running the model needs macOS.
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 from llama_mobile.core.errors import ExportError
 from llama_mobile.core.targets import Target
+from llama_mobile.export.backends.base import Backend, Extras, ParityMethod, register
+from llama_mobile.export.coreml_package import write_coreml_report
 
-# ExecuTorch's custom llama ops have no Core ML lowering; the fp16 graph needs an RMSNorm that does not
-# square the residual stream.
-MODEL_OPTIONS: dict = {"attention_kernel": "sdpa", "rms_norm": "l2"}
-# ExecuTorch's Llama export refuses dynamic shapes with Core ML; one token per call (the runner
-# prefills token by token), the cache's length fixed by the context.
-RUNNER_METADATA: dict = {"enable_dynamic_shape": False, "use_sdpa_with_kv_cache": False}
-# A linear followed by a scalar add (RMSNorm's "+ eps") crashes this coremltools pass (9.0:
-# IndexError in optimize_linear._try_to_transform); nothing else depends on it.
 SKIPPED_PASSES = ("common::fuse_linear_bias",)
 COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_ne", "cpu_and_gpu")
 PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32"}
-
-
-def sdk_problem() -> str | None:
-    """Why Core ML lowering cannot run here, or None (a module lookup, no import)."""
-    import importlib.util
-
-    for module in ("coremltools", "executorch.backends.apple.coreml"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install coremltools)"
-    return None
-
-
-def check_environment(target: Target) -> None:
-    try:
-        import coremltools  # noqa: F401
-        from executorch.backends.apple.coreml.partition import CoreMLPartitioner  # noqa: F401
-    except ImportError as exc:
-        raise ExportError(f"Core ML lowering needs coremltools and ExecuTorch's Core ML backend ({exc.name} "
-                          "is missing)", fix="pip install coremltools (see ./setup.sh)") from None
-    if target.option("compute_units") not in COMPUTE_UNITS:
-        raise ExportError(f"target {target.name}: compute_units {target.option('compute_units')!r} is not one "
-                          f"of {', '.join(COMPUTE_UNITS)}")
 
 
 def compile_specs(target: Target, precision: str = "fp16") -> list:
@@ -59,11 +34,58 @@ def compile_specs(target: Target, precision: str = "fp16") -> list:
     )
 
 
-def partitioners(target: Target) -> list:
-    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+class CoreMLBackend(Backend):
+    name = "coreml"
+    # ExecuTorch's custom llama ops have no Core ML lowering; the fp16 graph needs an RMSNorm that does not
+    # square the residual stream.
+    model_options = {"attention_kernel": "sdpa", "rms_norm": "l2"}
+    # ExecuTorch's Llama export refuses dynamic shapes with Core ML; one token per call (the runner
+    # prefills token by token), the cache's length fixed by the context.
+    runner_metadata = {"enable_dynamic_shape": False, "use_sdpa_with_kv_cache": False}
+    formats = ("mlpackage",)
 
-    precision = target.option("dtypes", ("fp16",))[0]
-    # With take_over_mutable_buffer the KV cache lives inside Core ML as state (iOS 18+); without it,
-    # ExecuTorch owns the cache and passes it in and out of the model at every call.
-    return [CoreMLPartitioner(compile_specs=compile_specs(target, precision),
-                              take_over_mutable_buffer=bool(target.option("state", False)))]
+    def sdk_problem(self) -> str | None:
+        """A module lookup, no import."""
+        for module in ("coremltools", "executorch.backends.apple.coreml"):
+            if importlib.util.find_spec(module) is None:
+                return f"{module} is not installed (pip install coremltools)"
+        return None
+
+    def check_environment(self, target: Target) -> None:
+        try:
+            import coremltools  # noqa: F401
+            from executorch.backends.apple.coreml.partition import CoreMLPartitioner  # noqa: F401
+        except ImportError as exc:
+            raise ExportError(f"Core ML lowering needs coremltools and ExecuTorch's Core ML backend ({exc.name} "
+                              "is missing)", fix="pip install coremltools (see ./setup.sh)") from None
+        if target.option("compute_units") not in COMPUTE_UNITS:
+            raise ExportError(f"target {target.name}: compute_units {target.option('compute_units')!r} is not "
+                              f"one of {', '.join(COMPUTE_UNITS)}")
+
+    def partitioners(self, target: Target) -> list:
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        precision = target.option("dtypes", ("fp16",))[0]
+        # With take_over_mutable_buffer the KV cache lives inside Core ML as state (iOS 18+); without it,
+        # ExecuTorch owns the cache and passes it in and out of the model at every call.
+        return [CoreMLPartitioner(compile_specs=compile_specs(target, precision),
+                                  take_over_mutable_buffer=bool(target.option("state", False)))]
+
+    def write_extras(self, staging: Path, lowered, target: Target, recipe, arch, quantized_layers: int,
+                     keep: tuple[str, ...] = ()) -> Extras:
+        """The embedded Core ML model's structure, checked on any host; the model.mlpackage itself is kept
+        only with --format mlpackage (the parity gate runs it on macOS)."""
+        record = write_coreml_report(staging, lowered, target, recipe, arch.n_layers, quantized_layers)
+        mlpackage = staging / record["mlpackage"]
+        if "mlpackage" not in keep:
+            record = {**record, "mlpackage": None}
+        return Extras(key="coreml", record=record, gate_input=mlpackage,
+                      temporary=None if "mlpackage" in keep else mlpackage)
+
+    def parity_method(self, target: Target) -> str:
+        import platform
+
+        return ParityMethod.COREML if platform.system() == "Darwin" else ParityMethod.HOST_SIMULATED
+
+
+register(CoreMLBackend())

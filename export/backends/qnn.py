@@ -12,8 +12,7 @@ from pathlib import Path
 
 from llama_mobile.core.errors import ExportError
 from llama_mobile.core.targets import Target
-
-MODEL_OPTIONS: dict = {"attention_kernel": "sdpa"}  # plain ops: HTP has no kernel for ExecuTorch's llama ops
+from llama_mobile.export.backends.base import Backend, register
 
 SDK_VERSION = "2.37"  # the QAIRT release ExecuTorch 1.5.1's QNN backend is built against
 HOST_LIB_DIR = "lib/x86_64-linux-clang"
@@ -52,15 +51,6 @@ def sdk_problem(environ=None) -> str | None:
     return None
 
 
-def check_environment(target: Target) -> None:
-    problem = sdk_problem()
-    if problem:
-        raise ExportError(f"target {target.name} needs Qualcomm's QNN SDK (not on PyPI): {problem}", fix=INSTALL)
-    if not target.option("chip"):
-        raise ExportError(f"target {target.name} has no Snapdragon SoC", fix="pass --device snapdragon-8-gen-3 "
-                          "or snapdragon-8-elite (`llama-mobile devices`)")
-
-
 def compile_specs(chip: str) -> list:
     from executorch.backends.qualcomm.serialization.qc_schema import QcomChipset
     from executorch.backends.qualcomm.utils.utils import (
@@ -72,7 +62,27 @@ def compile_specs(chip: str) -> list:
                                                  backend_options=generate_htp_compiler_spec(use_fp16=False))
 
 
-def partitioners(target: Target) -> list:
-    from executorch.backends.qualcomm.partition.qnn_partitioner import QnnPartitioner
+class QnnBackend(Backend):
+    name = "qnn"
+    model_options = {"attention_kernel": "sdpa"}  # plain ops: HTP has no kernel for ExecuTorch's llama ops
+    quantizes_whole_graph = True
+    needs_chip = True
 
-    return [QnnPartitioner(compile_specs(target.option("chip")))]
+    def sdk_problem(self) -> str | None:
+        return sdk_problem()
+
+    def check_environment(self, target: Target) -> None:
+        problem = sdk_problem()
+        if problem:
+            raise ExportError(f"target {target.name} needs Qualcomm's QNN SDK (not on PyPI): {problem}", fix=INSTALL)
+        if not target.option("chip"):
+            raise ExportError(f"target {target.name} has no Snapdragon SoC", fix="pass --device snapdragon-8-gen-3 "
+                              "or snapdragon-8-elite (`llama-mobile devices`)")
+
+    def partitioners(self, target: Target) -> list:
+        from executorch.backends.qualcomm.partition.qnn_partitioner import QnnPartitioner
+
+        return [QnnPartitioner(compile_specs(target.option("chip")))]
+
+
+register(QnnBackend())

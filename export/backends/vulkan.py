@@ -7,21 +7,19 @@ variant fails in the partitioner's passes.
 from __future__ import annotations
 
 from llama_mobile.core.targets import Target
-
-MODEL_OPTIONS: dict = {}
-
-
-def sdk_problem() -> str | None:
-    return None  # the Vulkan delegate's compiler ships in the executorch wheel
+from llama_mobile.export.backends.base import Backend, register
 
 
-def check_environment(target: Target) -> None:
-    """Nothing to check on the host; running the program needs a device with a Vulkan 1.1 GPU."""
+class VulkanBackend(Backend):
+    """Nothing to check on the host (the compiler ships in the executorch wheel); running the program needs
+    a device with a Vulkan 1.1 GPU."""
+
+    name = "vulkan"
+
+    def partitioners(self, target: Target) -> list:
+        from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+
+        return [VulkanPartitioner()]
 
 
-def partitioners(target: Target) -> list:
-    from executorch.backends.vulkan.partitioner.vulkan_partitioner import (
-        VulkanPartitioner,
-    )
-
-    return [VulkanPartitioner()]
+register(VulkanBackend())

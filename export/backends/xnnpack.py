@@ -3,21 +3,26 @@ from __future__ import annotations
 
 import contextlib
 
+from llama_mobile.core import patches
 from llama_mobile.core.targets import Target
-
-MODEL_OPTIONS: dict = {}
-
-
-def check_environment(target: Target) -> None:
-    """XNNPACK ships inside the executorch wheel: nothing to check."""
+from llama_mobile.export.backends.base import Backend, register
 
 
-def partitioners(target: Target) -> list:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-        XnnpackPartitioner,
-    )
+class XnnpackBackend(Backend):
+    """Ships inside the executorch wheel: nothing to check; runs on this host, so parity runs the program."""
 
-    return [XnnpackPartitioner()]
+    name = "xnnpack"
+    casts_model_dtype = True  # fp16/bf16 graphs run in XNNPACK's own f16 kernels
+    external_weights = True
+    defers_functionalization = True  # its partitioner always decomposes next
+
+    def partitioners(self, target: Target) -> list:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return [XnnpackPartitioner()]
+
+    def lowering_context(self, target: Target):
+        return lowering_context(target)
 
 
 # XNNPACK's preprocess runs every one of its passes on every partition, and each pass re-traces the
@@ -53,8 +58,17 @@ def _op_names(exported_program) -> set[str]:
 def lowering_context(target: Target):
     """For the duration of one lowering: skip XNNPACK passes whose ops a partition does not contain,
     and copy partitions for preprocessing without copying their weights."""
+    with trimmed_passes(), copy_sharing_weights():
+        yield
+
+
+@contextlib.contextmanager
+def trimmed_passes():
+    """Patch "xnnpack-trimmed-passes" (core/patches.py): off, XNNPACK runs all its passes."""
+    if not patches.enabled("xnnpack-trimmed-passes"):
+        yield
+        return
     from executorch.backends.xnnpack import _passes
-    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
     manager = _passes.XNNPACKPassManager
     original = manager.__init__
@@ -73,12 +87,25 @@ def lowering_context(target: Target):
                        for p in self.passes if needed(p)]
 
     manager.__init__ = trimmed_init
-    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(_copy_sharing_weights)
     try:
         yield
     finally:
         manager.__init__ = original
-        del XnnpackBackend.copy_exported_program_for_preprocess  # back to BackendDetails' deepcopy
+
+
+@contextlib.contextmanager
+def copy_sharing_weights():
+    """Patch "xnnpack-copy-sharing-weights" (core/patches.py): off, ExecuTorch deep-copies the weights."""
+    if not patches.enabled("xnnpack-copy-sharing-weights"):
+        yield
+        return
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend as Preprocess
+
+    Preprocess.copy_exported_program_for_preprocess = classmethod(_copy_sharing_weights)
+    try:
+        yield
+    finally:
+        del Preprocess.copy_exported_program_for_preprocess  # back to BackendDetails' deepcopy
 
 
 def _without_retrace(propagate_custom_meta: type) -> type:
@@ -116,3 +143,6 @@ def _copy_sharing_weights(cls, edge_program, compile_specs):
     weights = [*edge_program.state_dict.values(), *edge_program.constants.values()]
     memo = {id(tensor): tensor for tensor in weights if isinstance(tensor, torch.Tensor)}
     return copy.deepcopy(edge_program, memo)
+
+
+register(XnnpackBackend())

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from llama_mobile.cli.common import quiet_libraries, say
+from llama_mobile.cli.common import FilePath, IntList, quiet_libraries, say
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--prompt-lengths", default="32,128", show_default=True, help="comma-separated prompt token counts")
+@click.argument("bundle", type=FilePath(path_type=Path))
+@click.option("--prompt-lengths", default="32,128", show_default=True, type=IntList(1),
+              help="comma-separated prompt token counts")
 @click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(2))
 @click.option("--runs", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0))
@@ -19,9 +20,9 @@ from llama_mobile.cli.common import quiet_libraries, say
 @click.option("--vs-llama-cpp", "vs_llama_cpp", is_flag=True,
               help="also run llama.cpp on the same weights requantized by llama.cpp (Q4_0 next to 8da4w); "
                    "a Meta or Hugging Face Llama 3 source is first written as an F16 GGUF")
-@click.option("--gguf", type=click.Path(path_type=Path, exists=True), default=None,
+@click.option("--gguf", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
               help="the llama.cpp file to compare with (implies --vs-llama-cpp)")
-@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--plot", type=FilePath(path_type=Path, dir_okay=False), default=None,
               help="also write a PNG chart of the speeds (needs the bench extra: matplotlib)")
 @click.option("--quality", is_flag=True,
               help="with --vs-llama-cpp: also top-1 / KL / perplexity ratio of both against the FP32 source")
@@ -45,18 +46,15 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
     quiet_libraries()
     import tempfile
 
-    from llama_mobile.core.manifest import verify_bundle
+    from llama_mobile.core.bundle import verify_bundle
     from llama_mobile.core.progress import Progress
     from llama_mobile.jobs.bench_job import STAGES, BenchRequest, run_bench
 
-    try:
-        lengths = tuple(int(x) for x in prompt_lengths.split(","))
-    except ValueError:
-        raise click.BadParameter("give integers such as 32,128", param_hint="--prompt-lengths") from None
+    lengths = tuple(prompt_lengths)
     if vs_llama_cpp and gguf is None:
         from llama_mobile.runtime_harness.gguf_peer import peer_for_bundle
 
-        gguf = peer_for_bundle(verify_bundle(bundle), Path(tempfile.mkdtemp(prefix="llama-mobile-peer-")))
+        gguf = peer_for_bundle(verify_bundle(bundle).manifest, Path(tempfile.mkdtemp(prefix="llama-mobile-peer-")))
     request = BenchRequest(bundle=bundle, prompt_lengths=lengths, new_tokens=new_tokens, runs=runs,
                            warmup=warmup, threads=threads, llama_cpp_gguf=gguf, quality=quality, runtime=runtime)
     report = run_bench(request, Progress(STAGES, emit=say))

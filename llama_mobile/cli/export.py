@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from llama_mobile.cli.common import PresetOrFolder, quiet_libraries, say
+from llama_mobile.cli.common import FilePath, PlainName, PresetOrFolder, Text, quiet_libraries, say
 from llama_mobile.core.presets import DEFAULT_MODEL, GENERIC_MODEL, MODEL_PRESETS
 from llama_mobile.core.targets import DEFAULT_TARGET, TARGETS
 from llama_mobile.quantize.recipe import DEFAULT_RECIPE
@@ -16,16 +16,20 @@ from llama_mobile.quantize.recipe import DEFAULT_RECIPE
 @click.option("--model", "model", default=DEFAULT_MODEL, show_default=True,
               type=PresetOrFolder([*MODEL_PRESETS, GENERIC_MODEL]),
               help="model preset ('llama': shapes from the config), or a checkpoint folder such as a pruned model")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+@click.option("--checkpoint", type=FilePath(path_type=Path), default=None,
               help="Meta folder (params.json), Hugging Face folder (config.json) or .gguf; omit for embedded weights")
-@click.option("--recipe", default=None, help=f"recipe name or .toml path [default: the device's, else {DEFAULT_RECIPE}]")
+@click.option("--recipe", type=Text(), default=None,
+              help=f"recipe name or .toml path [default: the device's, else {DEFAULT_RECIPE}]")
 @click.option("--target", default=None, type=click.Choice(list(TARGETS)),
               help=f"lowering target [default: the device's, else {DEFAULT_TARGET}]")
-@click.option("--device", default=None, help="device preset: picks target, recipe and context (`llama-mobile devices`)")
-@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), default=Path("out"),
+@click.option("--device", type=Text(), default=None,
+              help="device preset: picks target, recipe and context (`llama-mobile devices`)")
+@click.option("-o", "--output", "output_dir", type=FilePath(path_type=Path), default=Path("out"),
               show_default=True, help="folder the bundle is written into")
-@click.option("--context", type=int, default=None, help="context length baked into the program (preset default)")
-@click.option("--name", default=None, help="bundle folder name (default MODEL-RECIPE-TARGET)")
+@click.option("--context", type=click.IntRange(2), default=None,
+              help="context length baked into the program (preset default)")
+@click.option("--name", type=PlainName(), default=None,
+              help="bundle folder name inside -o (default MODEL-RECIPE-TARGET)")
 @click.option("--no-validate", is_flag=True, help="skip the parity gate against the float model")
 @click.option("--task", type=click.Choice(["chat", "guard"]), default=None,
               help="what the model does (default: the preset's; 'guard' for a Llama Guard derivative)")
@@ -67,7 +71,8 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
                             recipe=recipe or (target and TARGETS[target].option("recipe"))
                             or (chosen.recipe if chosen else DEFAULT_RECIPE),
                             target=target or (chosen.target if chosen else DEFAULT_TARGET),
-                            output_dir=output_dir, context=context or (chosen.context if chosen else None),
+                            output_dir=output_dir,
+                            context=context if context is not None else (chosen.context if chosen else None),
                             validate=not no_validate, name=name, task=task, device=device,
                             memory_check=not skip_memory_check, formats=tuple(formats),
                             single_file=single_file)
@@ -80,7 +85,7 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
     click.echo(f"bundle: {result.bundle}")
     from llama_mobile.jobs.bench_job import model_bytes
 
-    program = "model.pte + model.ptd" if result.manifest["runtime"].get("weights") else "model.pte"
+    program = "model.pte + model.ptd" if result.manifest.runtime.weights else "model.pte"
     click.echo(f"size:   {result.size_bytes / 2**20:.1f} MiB ({program} {model_bytes(result.manifest) / 2**20:.1f} MiB)")
     click.echo(f"time:   {sum(result.seconds.values()):.0f}s, peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
     if result.parity:

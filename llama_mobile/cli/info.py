@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from llama_mobile.cli.common import FilePath, Text
 from llama_mobile.core.presets import DEFAULT_MODEL, GENERIC_MODEL, MODEL_PRESETS
 from llama_mobile.core.targets import TARGETS
 from llama_mobile.quantize.recipe import DEFAULT_RECIPE
@@ -57,7 +58,7 @@ def recipes(ctx, as_json):
 
 
 @recipes.command("show")
-@click.argument("name")
+@click.argument("name", type=Text())
 def recipes_show(name):
     """Print a recipe's TOML.
 
@@ -96,9 +97,10 @@ def devices(as_json):
 
 @click.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, type=click.Choice(list(MODEL_PRESETS)))
-@click.option("--recipe", default=None, help="recipe name or .toml (default: the device's, else 8da4w)")
-@click.option("--device", default=None, help="device preset (see `llama-mobile devices`)")
-@click.option("--context", type=int, default=None, help="context length (default: the device's or the model's)")
+@click.option("--recipe", type=Text(), default=None, help="recipe name or .toml (default: the device's, else 8da4w)")
+@click.option("--device", type=Text(), default=None, help="device preset (see `llama-mobile devices`)")
+@click.option("--context", type=click.IntRange(2), default=None,
+              help="context length (default: the device's or the model's)")
 @click.option("--json", "as_json", is_flag=True)
 def plan(model, recipe, device, context, as_json):
     """Predict .pte size, runtime memory and (with --device) fit and a decode-speed ceiling, from the
@@ -163,7 +165,7 @@ def targets(as_json):
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=FilePath(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def verify(bundle, as_json):
     """Check every file of a bundle against its manifest (SHA-256) and the manifest against its schema.
@@ -172,10 +174,13 @@ def verify(bundle, as_json):
     Example:
       llama-mobile verify out/smollm2-135m-instruct-8da4w-mixed-xnnpack
     """
-    from llama_mobile.core.manifest import verify_bundle
+    import dataclasses
 
-    manifest = verify_bundle(bundle)
+    from llama_mobile.core.bundle import verify_bundle
+
+    manifest = verify_bundle(bundle).manifest
     if as_json:
-        click.echo(json.dumps({"bundle": str(bundle), "ok": True, "files": manifest["files"]}, indent=2))
+        files = {name: dataclasses.asdict(entry) for name, entry in manifest.files.items()}
+        click.echo(json.dumps({"bundle": str(bundle), "ok": True, "files": files}, indent=2))
     else:
-        click.echo(f"ok: {len(manifest['files'])} files match manifest.json (schema {manifest['schema_version']})")
+        click.echo(f"ok: {len(manifest.files)} files match manifest.json (schema {manifest.schema_version})")

@@ -6,53 +6,46 @@ from pathlib import Path
 
 import click
 
-from llama_mobile.cli.common import quiet_libraries, say
+from llama_mobile.cli.common import FilePath, Finite, IntList, PlainName, Text, quiet_libraries, say
 from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
-
-
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
 
 
 @click.command()
 @click.option("--model", default=GENERIC_MODEL, show_default=True, type=click.Choice([*MODEL_PRESETS, GENERIC_MODEL]),
               help="model preset ('llama': shapes from the checkpoint's config)")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+@click.option("--checkpoint", type=FilePath(path_type=Path), default=None,
               help="Meta, Hugging Face or GGUF checkpoint; omit for a preset's embedded weights")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+@click.option("-o", "--output", type=FilePath(path_type=Path), required=True,
               help="folder the pruned Hugging Face checkpoint is written to")
 @click.option("--drop-blocks", type=click.IntRange(0), default=None, help="number of decoder blocks to remove")
-@click.option("--drop-blocks-at", callback=_int_list, default=None, help="explicit block indices to remove, e.g. 3,7")
+@click.option("--drop-blocks-at", type=IntList(0), default=None, help="explicit block indices to remove, e.g. 3,7")
 @click.option("--block-choice", type=click.Choice(["importance", "last"]), default="importance", show_default=True,
               help="which blocks --drop-blocks removes: least influence on calibration text, or the last ones")
-@click.option("--mlp-hidden", callback=_int_list, default=None,
+@click.option("--mlp-hidden", type=IntList(1), default=None,
               help="MLP width: one number for every block, or one per remaining block (comma-separated)")
 @click.option("--kv-heads", type=click.IntRange(1), default=None,
               help="KV heads to keep in every block (each drops its least important groups with their query heads)")
-@click.option("--keep-output-tokens", default=None,
+@click.option("--keep-output-tokens", type=Text(), default=None,
               help="prune the output layer to these tokens: 'guard', a comma list of ids/tokens, or a file")
-@click.option("--calibration", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+@click.option("--calibration", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
               help="calibration text [default: the shipped alice.txt]")
-@click.option("--eval-text", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+@click.option("--eval-text", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
               help="evaluation text [default: windows held out from the calibration text]")
 @click.option("--seq-len", type=click.IntRange(8), default=128, show_default=True, help="tokens per window")
 @click.option("--calibration-windows", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--eval-windows", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--distill-steps", type=click.IntRange(0), default=0, show_default=True,
               help="logit-distillation steps after pruning (resumable: rerun the same command)")
-@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+@click.option("--teacher", type=FilePath(path_type=Path), default=None,
               help="teacher checkpoint for distillation [default: the unpruned model]")
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="distillation learning rate (AdamW)")
+@click.option("--lr", type=Finite(0.0, low_open=True), default=1e-4, show_default=True,
+              help="distillation learning rate (AdamW)")
 @click.option("--save-every", type=click.IntRange(1), default=25, show_default=True,
               help="save the distillation state every N steps")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="dtype of the written weights")
-@click.option("--name", default=None, help="model name recorded in the checkpoint (default: MODEL-pruned)")
+@click.option("--name", type=PlainName(), default=None,
+              help="model name recorded in the checkpoint, and its bundles' folder name (default: MODEL-pruned)")
 @click.option("--task", type=click.Choice(["chat", "guard"]), default=None,
               help="what the model does (default: the preset's; 'guard' for a Llama Guard derivative)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON on stdout")

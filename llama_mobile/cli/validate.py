@@ -6,26 +6,26 @@ from pathlib import Path
 
 import click
 
-from llama_mobile.cli.common import quiet_libraries, say
+from llama_mobile.cli.common import FilePath, Finite, quiet_libraries, say
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--reference", type=click.Path(path_type=Path), default=None,
+@click.argument("bundle", type=FilePath(path_type=Path))
+@click.option("--reference", type=FilePath(path_type=Path), default=None,
               help="the float checkpoint the bundle was made from (omit for embedded weights)")
-@click.option("--text", type=click.Path(path_type=Path, exists=True), default=None,
+@click.option("--text", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
               help="evaluation text (default: the shipped public-domain corpus)")
-@click.option("--prompts", type=click.Path(path_type=Path, exists=True), default=None,
+@click.option("--prompts", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
               help='JSONL of {"prompt": ...} for the greedy-generation check')
-@click.option("--guard-prompts", type=click.Path(path_type=Path, exists=True), default=None,
+@click.option("--guard-prompts", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
               help='Guard bundles: JSONL of {"user": ..., "assistant": ...} (default: the shipped set)')
 @click.option("--positions", default=256, show_default=True, type=click.IntRange(8))
 @click.option("--gate-on", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
               help="which eager reference the thresholds apply to (both are reported)")
-@click.option("--min-top1", type=float, default=None, help="override the recipe's threshold")
-@click.option("--min-cosine", type=float, default=None)
-@click.option("--max-ppl-ratio", type=float, default=None)
-@click.option("--max-kl-mean", type=float, default=None)
+@click.option("--min-top1", type=Finite(0.0, 1.0), default=None, help="override the recipe's threshold")
+@click.option("--min-cosine", type=Finite(-1.0, 1.0), default=None)
+@click.option("--max-ppl-ratio", type=Finite(0.0, low_open=True), default=None)
+@click.option("--max-kl-mean", type=Finite(0.0), default=None)
 @click.option("--json", "as_json", is_flag=True, help="the full report on stdout")
 def validate(bundle, reference, text, prompts, guard_prompts, positions, gate_on, min_top1, min_cosine,
              max_ppl_ratio, max_kl_mean, as_json):

@@ -1,21 +1,174 @@
-"""The bundle manifest: every key spelled here, a versioned JSON Schema, and verification of files."""
+"""The bundle manifest as typed data: every key spelled here, validated against the versioned JSON Schema
+that the Kotlin and Swift cores share, read and written only through ``Manifest.from_dict``/``to_dict``."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llama_mobile.core.errors import BundleError
 from llama_mobile.core.hashing import sha256_file
+from llama_mobile.core.presets import ChatTemplate, SpecialTokens
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "llama-mobile-bundle"
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 SCHEMA_PATH = Path(__file__).parent / "schema" / "manifest.schema.json"
+TOOL_NAME = "llama-mobile"
 
 
-def file_entry(path: Path) -> dict:
-    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> FileEntry:
+        return cls(size=path.stat().st_size, sha256=sha256_file(path))
+
+
+@dataclass
+class Tool:
+    version: str
+    libraries: dict[str, str]
+    name: str = TOOL_NAME
+
+
+@dataclass
+class ModelInfo:
+    preset: str
+    task: str
+    architecture: dict[str, Any]  # Architecture.to_dict()
+    source: dict[str, Any]  # {"format", "files": [{"path", "size", "sha256"}]}
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TargetInfo:
+    name: str
+    backend: str
+    min_os: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RuntimeInfo:
+    program: str
+    context_length: int
+    max_seq_len: int
+    weights: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # the constant methods baked into the program
+    delegated_calls: int = 0
+    tokens_per_call: dict[str, int] = field(default_factory=dict)
+    # What a backend records of the files it adds (runtime.coreml: the Core ML model's summary).
+    extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ops_outside_delegates: dict[str, int] = field(default_factory=dict)
+    ops_in_delegates: int = 0
+    delegated_share: float = 0.0
+
+
+@dataclass
+class TokenizerInfo:
+    file: str
+    kind: str
+
+
+@dataclass
+class Manifest:
+    tool: Tool
+    model: ModelInfo
+    recipe: dict[str, Any]  # Recipe.to_dict() + torchao's versioned config dicts
+    target: TargetInfo
+    runtime: RuntimeInfo
+    tokenizer: TokenizerInfo
+    special_tokens: SpecialTokens
+    prompt_template: ChatTemplate
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] | None = None
+    guard: dict[str, Any] | None = None  # the Guard prompt format, for Guard bundles
+    device: dict[str, Any] | None = None  # the device preset and its plan, with --device
+    created: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(entry.size for entry in self.files.values())
+
+    def to_dict(self) -> dict:
+        runtime = dataclasses.asdict(self.runtime)
+        runtime.update(runtime.pop("extras"))
+        data = {
+            "format": BUNDLE_FORMAT,
+            "schema_version": self.schema_version,
+            "created": self.created,
+            "tool": {"name": self.tool.name, "version": self.tool.version, "libraries": self.tool.libraries},
+            "model": dataclasses.asdict(self.model),
+            "recipe": self.recipe,
+            "target": dataclasses.asdict(self.target),
+            "runtime": _ordered(runtime, RUNTIME_ORDER),
+            "tokenizer": dataclasses.asdict(self.tokenizer),
+            "special_tokens": {"bos_id": self.special_tokens.bos_id, "eos_ids": list(self.special_tokens.eos_ids),
+                               "names": dict(self.special_tokens.names)},
+            "prompt_template": dataclasses.asdict(self.prompt_template),
+            "export": self.export,
+            "parity": self.parity,
+            **({"guard": self.guard} if self.guard is not None else {}),
+            **({"device": self.device} if self.device is not None else {}),
+            "files": {name: dataclasses.asdict(entry) for name, entry in self.files.items()},
+        }
+        if self.created is None:
+            del data["created"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Manifest:
+        """A dict that passed ``schema_problems`` without a problem."""
+        tool = data["tool"]
+        specials = data["special_tokens"]
+        return cls(
+            tool=Tool(version=tool["version"], libraries=dict(tool["libraries"]), name=tool["name"]),
+            model=_build(ModelInfo, data["model"]),
+            recipe=data["recipe"],
+            target=_build(TargetInfo, data["target"]),
+            runtime=_runtime(data["runtime"]),
+            tokenizer=_build(TokenizerInfo, data["tokenizer"]),
+            special_tokens=SpecialTokens(bos_id=specials["bos_id"], eos_ids=tuple(specials["eos_ids"]),
+                                         names=dict(specials.get("names", {}))),
+            prompt_template=_build(ChatTemplate, data["prompt_template"]),
+            files={name: FileEntry(size=e["size"], sha256=e["sha256"]) for name, e in data["files"].items()},
+            export=data.get("export", {}),
+            parity=data.get("parity"),
+            guard=data.get("guard"),
+            device=data.get("device"),
+            created=data.get("created"),
+            schema_version=data["schema_version"],
+        )
+
+
+# The order in which runtime keys have always been written (readers of the JSON do not depend on it).
+RUNTIME_ORDER = ("program", "weights", "context_length", "max_seq_len", "metadata", "delegated_calls",
+                 "tokens_per_call", "coreml", "ops_outside_delegates", "ops_in_delegates", "delegated_share")
+
+
+def _ordered(data: dict, order: tuple[str, ...]) -> dict:
+    return {**{key: data[key] for key in order if key in data}, **{k: v for k, v in data.items() if k not in order}}
+
+
+def _runtime(data: dict) -> RuntimeInfo:
+    """Object-valued keys the runtime section does not name are a backend's records."""
+    names = {f.name for f in dataclasses.fields(RuntimeInfo)}
+    extras = {key: value for key, value in data.items() if key not in names and isinstance(value, dict)}
+    return dataclasses.replace(_build(RuntimeInfo, data), extras=extras)
+
+
+def _build(kind, data: dict):
+    """A dataclass from a schema-checked dict; keys this version does not know are left out."""
+    names = {f.name for f in dataclasses.fields(kind)}
+    return kind(**{key: value for key, value in data.items() if key in names})
 
 
 def schema() -> dict:
@@ -23,55 +176,35 @@ def schema() -> dict:
 
 
 def schema_problems(manifest: dict) -> list[str]:
-    import jsonschema
+    import jsonschema  # deferred: --help stays instant
 
     validator = jsonschema.Draft202012Validator(schema())
     return [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
             for e in sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))]
 
 
-def read_manifest(bundle: Path) -> dict:
+def read_manifest(bundle: Path) -> Manifest:
+    """The manifest of a bundle folder, checked against its schema (files are not hashed here)."""
     bundle = Path(bundle)
     path = bundle / MANIFEST_NAME
     if not bundle.is_dir():
         raise BundleError("bundle folder not found", path=bundle, fix="pass the folder `llama-mobile export` wrote")
-    if not path.exists():
+    if not path.is_file():
         raise BundleError("manifest.json missing", path=bundle, fix="re-export the bundle")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"manifest is not valid JSON ({exc})", path=path, fix="re-export the bundle") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise BundleError(f"manifest is not valid JSON ({type(exc).__name__})", path=path,
+                          fix="re-export the bundle") from None
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise BundleError("not a llama-mobile manifest", path=path, fix="re-export the bundle")
-    version = manifest.get("schema_version")
+    version = data.get("schema_version")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise BundleError(f"manifest schema version {version!r} is not supported "
                           f"(this tool reads {list(SUPPORTED_SCHEMA_VERSIONS)})", path=path,
                           fix="use the llama-mobile version that wrote it, or re-export")
-    problems = schema_problems(manifest)
+    problems = schema_problems(data)
     if problems:
         raise BundleError(f"manifest does not match schema {version}: {problems[0]}", path=path,
                           fix="re-export the bundle; do not edit manifest.json by hand")
-    return manifest
-
-
-def verify_bundle(bundle: Path) -> dict:
-    """Every listed file exists with its size and SHA-256; returns the manifest."""
-    bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    runtime = manifest["runtime"]
-    for role, name in (("program", runtime["program"]), ("weights", runtime.get("weights"))):
-        if name is not None and name not in manifest["files"]:
-            raise BundleError(f"runtime.{role} names {name}, which the manifest's files do not list",
-                              path=bundle / MANIFEST_NAME, fix="re-export the bundle")
-    for name, entry in manifest["files"].items():
-        path = bundle / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BundleError(f"file entry {name!r} escapes the bundle", path=bundle / MANIFEST_NAME,
-                              fix="re-export the bundle")
-        if not path.is_file():
-            raise BundleError(f"{name} is missing", path=bundle, fix="copy the whole bundle folder again")
-        if path.stat().st_size != entry["size"] or file_entry(path)["sha256"] != entry["sha256"]:
-            raise BundleError(f"{name} does not match its SHA-256 in the manifest (modified or corrupt)",
-                              path=path, fix="copy the bundle again from the export, or re-export")
-    return manifest
+    return Manifest.from_dict(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llama_mobile.core.errors import UsageError
+from llama_mobile.core.schemes import Scheme
 
 
 @dataclass(frozen=True)
@@ -12,8 +13,8 @@ class Target:
     backend: str  # a module in export/backends/
     summary: str
     # Recipe schemes this backend runs as delegated kernels; others would fall back to slow portable ops.
-    linear_schemes: tuple[str, ...]
-    embedding_schemes: tuple[str, ...]
+    linear_schemes: tuple[Scheme, ...]
+    embedding_schemes: tuple[Scheme, ...]
     min_os: str | None = None
     # Backend-specific settings (Core ML compute units and state, QNN SoC, ...), read by export/backends/.
     options: tuple[tuple[str, object], ...] = ()
@@ -30,8 +31,8 @@ TARGETS: dict[str, Target] = {
             name="xnnpack",
             backend="xnnpack",
             summary="Arm/x86 CPUs through XNNPACK (KleidiAI kernels on Arm): Android and iOS phones",
-            linear_schemes=("fp32", "8da4w", "8da8w", "8w"),
-            embedding_schemes=("fp32", "8w", "4w"),
+            linear_schemes=(Scheme.FP32, Scheme.DA8W4, Scheme.DA8W8, Scheme.W8),
+            embedding_schemes=(Scheme.FP32, Scheme.W8, Scheme.W4),
             # fp16 runs in XNNPACK's f16 kernels; bf16 lowers but ExecuTorch 1.5's XNNPACK leaves its
             # matmuls to portable kernels (a size/quality baseline, not a fast artifact).
             options=(("dtypes", ("fp32", "fp16", "bf16")),),
@@ -42,24 +43,24 @@ TARGETS: dict[str, Target] = {
             name="qnn-htp",
             backend="qnn",
             summary="Qualcomm Hexagon NPU through QNN (needs the QNN SDK; SoC from --device)",
-            linear_schemes=("fp32",),
-            embedding_schemes=("fp32",),
+            linear_schemes=(Scheme.FP32,),
+            embedding_schemes=(Scheme.FP32,),
             options=(("recipe", "qnn-16a4w"),),  # the default when --recipe is not given
         ),
         Target(
             name="neuropilot",
             backend="neuropilot",
             summary="MediaTek APU through NeuroPilot (needs the NeuroPilot SDK; platform from --device)",
-            linear_schemes=("fp32",),
-            embedding_schemes=("fp32",),
+            linear_schemes=(Scheme.FP32,),
+            embedding_schemes=(Scheme.FP32,),
             options=(("recipe", "neuropilot-16a4w"),),  # the default when --recipe is not given
         ),
         Target(
             name="vulkan",
             backend="vulkan",
             summary="experimental: Adreno/Mali GPUs through Vulkan; lowers whole, but this host cannot run it",
-            linear_schemes=("fp32", "8da4w", "8w"),
-            embedding_schemes=("fp32", "8w"),
+            linear_schemes=(Scheme.FP32, Scheme.DA8W4, Scheme.W8),
+            embedding_schemes=(Scheme.FP32, Scheme.W8),
             experimental=True,
         ),
         # Core ML (Apple Neural Engine / GPU / CPU). Weights are read weight-only (no dynamic activation
@@ -69,8 +70,8 @@ TARGETS: dict[str, Target] = {
             name="coreml-ios17",
             backend="coreml",
             summary="Core ML for iOS 17 / macOS 14: fp16, int8 per-channel weights; KV cache passed in and out",
-            linear_schemes=("fp32", "8w"),
-            embedding_schemes=("fp32", "8w"),
+            linear_schemes=(Scheme.FP32, Scheme.W8),
+            embedding_schemes=(Scheme.FP32, Scheme.W8),
             min_os="iOS 17",
             options=(("deployment_target", "iOS17"), ("compute_units", "all"), ("state", False),
                      ("dtypes", ("fp16",)), ("recipe", "coreml-8w")),
@@ -79,8 +80,8 @@ TARGETS: dict[str, Target] = {
             name=f"coreml-ios18{suffix}",
             backend="coreml",
             summary=f"Core ML for iOS 18 / macOS 15: stateful KV cache, fused SDPA, int4 block-wise; {units_text}",
-            linear_schemes=("fp32", "8w", "4w"),
-            embedding_schemes=("fp32", "8w", "4w"),
+            linear_schemes=(Scheme.FP32, Scheme.W8, Scheme.W4),
+            embedding_schemes=(Scheme.FP32, Scheme.W8, Scheme.W4),
             min_os="iOS 18",
             options=(("deployment_target", "iOS18"), ("compute_units", units), ("state", True),
                      ("dtypes", ("fp16",)), ("recipe", "coreml-int4")),

@@ -1,12 +1,59 @@
-"""The tokenizer a bundle ships, read by the same C++ code as ExecuTorch's runner (pytorch_tokenizers)."""
+"""The tokenizer a bundle ships, read by the same C++ code as ExecuTorch's runner (pytorch_tokenizers).
+
+User text never becomes control tokens. pytorch_tokenizers' encode(text, bos, eos) always turns a special
+token written in the text (<|im_end|>, <|eot_id|>, ...) into its id and has no option not to, and
+ExecuTorch's TextLLMRunner (Python, Android, iOS) takes only a string and tokenizes the whole rendered prompt
+with that same encode (its only token-id input, make_token_input, belongs to MultimodalRunner and needs a
+multimodal program). So a prompt cannot be rendered by tokens where the apps run it; it is made safe as
+text instead, by one rule that the Android and iOS cores repeat (ControlTokens.kt, ControlTokens.swift,
+checked by tests/vectors/injection.json):
+
+  In text that comes from a user (a chat message, a Guard conversation turn), a WORD JOINER (U+2060) is
+  inserted after the "<" of every "<|" and after the first character of every occurrence of one of the
+  MARKERS (and of any extra special-token strings the caller passes).
+
+Every special token of the Llama 3 tokenizers (all 256, reserved ones included) and the ChatML control
+tokens begin with "<|"; MARKERS are the other special tokens of the embedded SmolLM2 tokenizer. The joiner
+is invisible, so the text reads the same; no special token survives it (each occurrence is cut after its
+first character), it is idempotent, and the template's own control tokens, which are not user text, keep
+their ids. Python, the apps and validate thus hand the runner the same string and get the same ids.
+"""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from llama_mobile.core.errors import TokenizerError
 
 HF_JSON, TIKTOKEN = "hf-json", "tiktoken"
+
+
+WORD_JOINER = "\u2060"
+# The special tokens of the embedded SmolLM2 tokenizer that do not begin with "<|" (StarCoder's markers).
+MARKERS = ("<repo_name>", "<reponame>", "<file_sep>", "<filename>", "<gh_stars>", "<issue_start>",
+           "<issue_comment>", "<issue_closed>", "<jupyter_start>", "<jupyter_text>", "<jupyter_code>",
+           "<jupyter_output>", "<jupyter_script>", "<empty_output>")
+
+
+def neutralize_specials(text: str, extra: Iterable[str] = ()) -> str:
+    """User text that cannot spell a special token: U+2060 after the "<" of every "<|" and after the first
+    character of every MARKERS or `extra` occurrence (strings of one character are ignored)."""
+    cuts = tuple(s for s in (*MARKERS, *extra) if len(s) > 1 and not s.startswith("<|"))
+    out = []
+    for i, ch in enumerate(text):
+        out.append(ch)
+        if (ch == "<" and text.startswith("|", i + 1)) or any(text.startswith(s, i) for s in cuts):
+            out.append(WORD_JOINER)
+    return "".join(out)
+
+
+def chat_prompt(template, message: str, extra: Iterable[str] = ()) -> str:
+    """A prompt template (a ChatTemplate, or a manifest's prompt_template mapping) filled with one user
+    message, neutralized (never a control token). One pass: "{content}" in the message is kept."""
+    part = template.__getitem__ if isinstance(template, Mapping) else lambda key: getattr(template, key)
+    user = part("user").replace("{content}", neutralize_specials(message, extra))
+    return part("prefix") + user + part("assistant_start")
 
 
 def tokenizer_kind(path: Path) -> str:
@@ -44,8 +91,28 @@ class Tokenizer:
         return int(self._impl.vocab_size())
 
     def encode(self, text: str) -> list[int]:
-        """Special tokens written in the text (e.g. <|im_start|>) become their ids; no BOS is added."""
+        """Special tokens written in the text (e.g. <|im_start|>) become their ids; no BOS is added.
+
+        As in ExecuTorch's runner, which has no other mode: text from a user goes through
+        neutralize_specials() (chat_prompt, format_guard_prompt) before it is rendered into a prompt."""
         return list(self._impl.encode(text, 0, 0))
+
+    @functools.cached_property
+    def special_tokens(self) -> dict[str, int]:
+        """Every string that encode() turns into one special id: tokenizer.json's added tokens, or the
+        tiktoken specials that follow the file's ranks (Llama 3: 128000-128255)."""
+        if self.kind == HF_JSON:
+            import json
+
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return {a["content"]: int(a["id"]) for a in data.get("added_tokens", [])}
+        ranks = sum(1 for line in self.path.read_text().splitlines() if line.strip())
+        return {self._impl.decode(i): i for i in range(ranks, self.vocab_size)}
+
+    def control_ids(self, ids: Iterable[int]) -> list[int]:
+        """The special ids among `ids`, in order (to check that only a template's own ones are there)."""
+        specials = set(self.special_tokens.values())
+        return [i for i in ids if i in specials]
 
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes of one token (a piece may end inside a multi-byte character)."""

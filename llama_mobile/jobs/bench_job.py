@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llama_mobile.core.errors import ResourceError, RuntimeFailure, UsageError
-from llama_mobile.core.manifest import verify_bundle
+from llama_mobile.core.bundle import Bundle, verify_bundle
+from llama_mobile.core.manifest import Manifest
 from llama_mobile.core.progress import Progress
 from llama_mobile.core.tokenizer import Tokenizer
 from llama_mobile.runtime_harness import native_runner
@@ -48,11 +49,10 @@ class Prompt:
     token_ids: list[int]  # for the native runner
 
 
-def model_bytes(manifest: dict) -> int:
+def model_bytes(manifest: Manifest) -> int:
     """The program plus its external weights file, if any: what the app loads."""
-    runtime = manifest["runtime"]
-    names = [runtime["program"]] + ([runtime["weights"]] if runtime.get("weights") else [])
-    return sum(manifest["files"][name]["size"] for name in names)
+    names = [manifest.runtime.program] + ([manifest.runtime.weights] if manifest.runtime.weights else [])
+    return sum(manifest.files[name].size for name in names)
 
 
 def prompt_of_length(tokenizer, n_tokens: int) -> list[int]:
@@ -60,10 +60,9 @@ def prompt_of_length(tokenizer, n_tokens: int) -> list[int]:
     return tokenizer.encode(CORPUS.read_text(encoding="utf-8"))[:n_tokens]
 
 
-def native_unsupported(manifest: dict) -> str | None:
+def native_unsupported(backend: str, dtype: str) -> str | None:
     """Why the native runner cannot run this bundle, or None: it links XNNPACK only, and its two LLM
     ops are float32."""
-    backend, dtype = manifest["target"]["backend"], manifest["recipe"].get("dtype", "fp32")
     if backend != "xnnpack":
         return f"the native runner has no {backend} backend"
     if dtype != "fp32":
@@ -71,23 +70,24 @@ def native_unsupported(manifest: dict) -> str | None:
     return None
 
 
-def resolve_runtime(requested: str, manifest: dict, bundle: Path | None = None) -> str:
+def resolve_runtime(requested: str, backend: str, dtype: str, bundle: Path | None = None) -> str:
 
     if requested not in RUNTIMES:
         raise ValueError(f"runtime {requested!r} is not one of {RUNTIMES}")
     if requested == "auto":
-        return "native" if native_runner.compiler() and native_unsupported(manifest) is None else "python"
-    reason = native_unsupported(manifest) if requested == "native" else None
+        return "native" if native_runner.compiler() and native_unsupported(backend, dtype) is None else "python"
+    reason = native_unsupported(backend, dtype) if requested == "native" else None
     if reason:
         raise UsageError(reason, path=str(bundle) if bundle else None, fix="use --runtime python")
     return requested
 
 
-def measure(kind: str, artifact: Path, prompt: Prompt, new_tokens: int, threads: int) -> dict:
-    """artifact: the bundle (executorch), its program (native) or the GGUF (llama.cpp)."""
+def measure(kind: str, artifact: Bundle | Path, prompt: Prompt, new_tokens: int, threads: int) -> dict:
+    """artifact: the bundle (executorch, native) or the GGUF (llama.cpp)."""
     if kind == "native":
-
-        return native_runner.run(artifact, prompt.token_ids, new_tokens, threads)
+        return native_runner.run(artifact.program, prompt.token_ids, new_tokens, threads, weights=artifact.weights)
+    if isinstance(artifact, Bundle):
+        artifact = artifact.path
     command = [sys.executable, "-m", "llama_mobile.runtime_harness.bench_worker", kind, str(artifact),
                str(prompt.text_file), str(new_tokens), str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
@@ -136,27 +136,27 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
 
     progress = progress or Progress(STAGES)
     with progress.stage("prepare"):
-        manifest = verify_bundle(request.bundle)
-        tokenizer = Tokenizer(request.bundle / manifest["tokenizer"]["file"])
+        bundle = verify_bundle(request.bundle)
+        manifest = bundle.manifest
+        tokenizer = Tokenizer(bundle.tokenizer)
         scratch = Path(tempfile.mkdtemp(prefix="llama-mobile-bench-"))
         prompts = {}
         for length in request.prompt_lengths:
-            if length + request.new_tokens >= manifest["runtime"]["context_length"]:
+            if length + request.new_tokens >= bundle.context_length:
                 raise ResourceError(f"prompt {length} + {request.new_tokens} new tokens exceed the context",
                                     path=request.bundle, fix="use shorter --prompt-lengths")
             ids = prompt_of_length(tokenizer, length)
             prompts[length] = Prompt(scratch / f"prompt-{length}.txt", ids)
             prompts[length].text_file.write_text(tokenizer.decode(ids), encoding="utf-8")
-        runtime = resolve_runtime(request.runtime, manifest, request.bundle)
+        runtime = resolve_runtime(request.runtime, bundle.backend, manifest.recipe.get("dtype", "fp32"),
+                                  request.bundle)
         if runtime == "native":
-
             progress.note("building the native runner (once per ExecuTorch version)")
             native_runner.build()
     report = {"bundle": str(request.bundle), "runtime": runtime, "threads": request.threads, "runs": request.runs,
               "warmup": request.warmup, "new_tokens": request.new_tokens,
               "size_bytes": {"executorch": model_bytes(manifest)}}
-    sides = {"executorch": ("native", request.bundle / manifest["runtime"]["program"]) if runtime == "native"
-             else ("executorch", request.bundle)}
+    sides = {"executorch": ("native" if runtime == "native" else "executorch", bundle)}
     if request.llama_cpp_gguf:
         sides["llama.cpp"] = ("llama.cpp", request.llama_cpp_gguf)
     with progress.stage("measure", f"{' and '.join(sides)}: {len(prompts)} prompt lengths x {request.runs} runs"):
@@ -167,6 +167,5 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
         report["ratios_size"] = report["size_bytes"]["executorch"] / report["size_bytes"]["llama.cpp"]
         if request.quality:
             with progress.stage("quality", "both sides against the FP32 reference"):
-
-                report["quality"] = quality_against_peer(request.bundle, manifest, request.llama_cpp_gguf)
+                report["quality"] = quality_against_peer(bundle, request.llama_cpp_gguf)
     return report

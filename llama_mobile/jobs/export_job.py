@@ -1,4 +1,7 @@
-"""The export job: check -> load -> build (reference + quantize) -> lower -> bundle (with the parity gate)."""
+"""The export job: check -> load -> build (reference + quantize) -> lower -> bundle (with the parity gate).
+
+One method per stage; typed data passes between them. Backend differences are the backend's (export/backends/).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -7,45 +10,35 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_mobile.core.atomic import check_writable, staged_directory
+import torch
+
+from llama_mobile.core.architecture import Architecture
+from llama_mobile.core.atomic import bundle_folder, check_writable, staged_directory
 from llama_mobile.core.devices import get_device
 from llama_mobile.core.errors import ParityFailure, UsageError
+from llama_mobile.core.manifest import Manifest, ModelInfo, RuntimeInfo, TargetInfo, TokenizerInfo, Tool
 from llama_mobile.core.memory import peak_rss_bytes
-from llama_mobile.core.presets import GENERIC_MODEL, get_model_preset
+from llama_mobile.core.presets import GENERIC_MODEL, ModelPreset, get_model_preset
 from llama_mobile.core.progress import Progress
-from llama_mobile.core.targets import TARGETS, get_target
+from llama_mobile.core.targets import TARGETS, Target, get_target
 from llama_mobile.core.tokenizer import Tokenizer, check_vocab, tokenizer_kind
-from llama_mobile.export.backends import NPU_BACKENDS, backend_module, bind_device
-from llama_mobile.export.bundle import (
-    PARITY_NAME,
-    PROGRAM_NAME,
-    WEIGHTS_NAME,
-    bundle_name,
-    write_json,
-    write_manifest,
-    write_payload,
-)
+from llama_mobile.export.backends import bind_device, get_backend
+from llama_mobile.export.backends.base import Backend, Extras
+from llama_mobile.export.bundle import PARITY_NAME, PROGRAM_NAME, WEIGHTS_NAME, bundle_name, write_json, \
+    write_manifest, write_payload
 from llama_mobile.export.checkpoint import load_checkpoint
-from llama_mobile.export.coreml_package import write_coreml_report
-from llama_mobile.export.lower import lower, runner_metadata
+from llama_mobile.export.loaded import LoadedModel
+from llama_mobile.export.lower import LoweredProgram, lower, runner_metadata
 from llama_mobile.export.model import build_model, load_custom_ops, skeleton
 from llama_mobile.export.stream_build import fill_streaming
-from llama_mobile.jobs.plan import plan
+from llama_mobile.jobs.plan import Plan, plan
 from llama_mobile.jobs.preflight import check_export_fits
 from llama_mobile.quantize.apply import PartQuantizer
 from llama_mobile.quantize.pt2e import quantize_for_target
-from llama_mobile.quantize.recipe import check_recipe_fits, load_recipe
-from llama_mobile.runtime_harness.coreml import coreml_gate_metrics
-from llama_mobile.runtime_harness.guard_prompt import (
-    guard_template_for_manifest as guard_template,
-)
-from llama_mobile.runtime_harness.host import on_macos
-from llama_mobile.runtime_harness.parity import (
-    eval_token_ids,
-    gate,
-    program_parity,
-    reference_logits,
-)
+from llama_mobile.quantize.recipe import Recipe, check_recipe_fits, load_recipe
+from llama_mobile.runtime_harness.guard_prompt import guard_template_for_manifest
+from llama_mobile.runtime_harness.measure import keeps_eager_model, measure_parity
+from llama_mobile.runtime_harness.parity import eval_token_ids, gate, reference_logits
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +68,14 @@ class ExportRequest:
 @dataclass
 class ExportResult:
     bundle: Path
-    manifest: dict
+    manifest: Manifest
     parity: dict | None
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_bytes: int = 0
 
     @property
     def size_bytes(self) -> int:
-        return sum(entry["size"] for entry in self.manifest["files"].values())
+        return self.manifest.size_bytes
 
 
 def check_request(request: ExportRequest):
@@ -98,7 +91,8 @@ def check_request(request: ExportRequest):
     if target.backend not in recipe.targets:
         raise UsageError(f"recipe {recipe.name!r} is for {', '.join(recipe.targets)}, not {target.backend}",
                          fix="pick a recipe listed for this target (`llama-mobile recipes`)")
-    if target.backend in NPU_BACKENDS and recipe.pt2e is None:
+    backend = get_backend(target)
+    if backend.quantizes_whole_graph and recipe.pt2e is None:
         raise UsageError(f"target {target.name} runs graphs quantized by its own quantizer; recipe "
                          f"{recipe.name!r} has no [pt2e] section", fix="use a [pt2e] recipe such as "
                          f"{target.backend}-16a4w (`llama-mobile recipes`)")
@@ -114,14 +108,18 @@ def check_request(request: ExportRequest):
     if recipe.dtype not in dtypes:
         raise UsageError(f"target {target.name} computes in {'/'.join(dtypes)}, recipe {recipe.name!r} in "
                          f"{recipe.dtype}", fix=f"use a recipe with dtype = {dtypes[0]!r} (`llama-mobile recipes`)")
-    if "mlpackage" in request.formats and target.backend != "coreml":
-        raise UsageError(f"--format mlpackage needs a Core ML target, not {target.name}",
-                         fix="add --target coreml-ios18 (`llama-mobile targets`)")
+    for extra in request.formats:
+        if extra not in backend.formats:
+            able = [t.name for t in TARGETS.values() if extra in get_backend(t).formats]
+            raise UsageError(f"--format {extra} needs a target that writes it, not {target.name}",
+                             fix=f"add --target {able[0] if able else 'xnnpack'} (`llama-mobile targets`)")
     if preset is not None:
         check_recipe_fits(recipe, linear_widths(preset.architecture), preset.architecture.dim)
 
-    backend_module(target).check_environment(target)  # a missing SDK stops here, before any weight is read
+    backend.check_environment(target)  # a missing SDK stops here, before any weight is read
     check_writable(request.output_dir)
+    if request.name is not None:  # now, not after the lowering; a default name is known once loaded
+        bundle_folder(request.output_dir, request.name, {"checkpoint": request.checkpoint})
     return preset, recipe, target
 
 
@@ -134,7 +132,7 @@ def _other_targets_hint(recipe, target) -> str:
     return f", or use --target {able[0]}" if able else ""
 
 
-def device_plan(request: ExportRequest, arch, recipe, context: int):
+def device_plan(request: ExportRequest, arch: Architecture, recipe: Recipe, context: int) -> Plan | None:
     """With --device: the context the device's RAM holds (shrunk or refused with the reason)."""
     if not request.device:
         return None
@@ -143,152 +141,220 @@ def device_plan(request: ExportRequest, arch, recipe, context: int):
 
 
 def linear_widths(arch) -> dict[str, int]:
-    widths = {"output": arch.dim}
-    for i in range(arch.n_layers):
-        for name in ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3"):
-            widths[f"layers.{i}.{name}"] = arch.dim
-        widths[f"layers.{i}.attention.wo"] = arch.n_heads * arch.head_dim
-        widths[f"layers.{i}.feed_forward.w2"] = arch.ffn_hidden_of(i)
-    return widths
+    return {name: in_features for name, (_, in_features) in arch.linear_shapes().items()}
 
 
-def run_export(request: ExportRequest, progress: Progress | None = None) -> ExportResult:
+@dataclass
+class Checked:
+    preset: ModelPreset | None
+    recipe: Recipe
+    target: Target
+    backend: Backend
 
-    progress = progress or Progress(STAGES)
-    with progress.stage("check"):
+
+@dataclass
+class Loaded:
+    model: LoadedModel
+    tokenizer: Tokenizer
+    context: int
+    fitted: Plan | None
+
+    @property
+    def arch(self) -> Architecture:
+        return self.model.architecture
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    token_ids: list[int]
+    reference: torch.Tensor | None  # fp32 eager logits on token_ids, for the gate
+    torchao_configs: dict
+    pt2e_record: dict
+
+
+class ExportJob:
+    def __init__(self, request: ExportRequest, progress: Progress | None = None):
+        self.request = request
+        self.progress = progress or Progress(STAGES)
+
+    def run(self) -> ExportResult:
+        progress = self.progress
+        with progress.stage("check"):
+            checked = self.check()
+        with progress.stage("load", str(self.request.checkpoint or "embedded weights")):
+            loaded = self.load(checked)
+        load_custom_ops()
+        recipe = checked.recipe
+        with progress.stage("build", f"{recipe.name}, a block at a time" if recipe.pt2e is None else recipe.name):
+            built = self.build(checked, loaded)
+        with progress.stage("lower", checked.target.name):
+            lowered = self.lower(checked, loaded, built)
+        name = self.request.name or bundle_name(loaded.model.preset, recipe.name, checked.target.name)
+        final = bundle_folder(self.request.output_dir, name, {"checkpoint": self.request.checkpoint})
+        with progress.stage("bundle", str(final)):
+            manifest = self.bundle(checked, loaded, built, lowered, final)
+        return ExportResult(bundle=final, manifest=manifest, parity=manifest.parity, seconds=dict(progress.seconds),
+                            peak_rss_bytes=peak_rss_bytes())
+
+    def check(self) -> Checked:
+        """Everything that can be judged before a single weight is read."""
+        request = self.request
         preset, recipe, target = check_request(request)
-        if request.memory_check and preset is not None:  # before a single weight is read
+        if request.memory_check and preset is not None:
+            self._preflight(preset.architecture, recipe, request.context or preset.default_context)
+        return Checked(preset, recipe, target, get_backend(target))
 
-            estimate = check_export_fits(preset.architecture, recipe, request.context or preset.default_context)
-            progress.note(f"memory preflight: about {estimate / 2**30:.1f} GiB needed")
-    with progress.stage("load", str(request.checkpoint or "embedded weights")):
-        loaded = load_checkpoint(request.model, request.checkpoint)
+    def _preflight(self, arch: Architecture, recipe: Recipe, context: int) -> None:
+        estimate = check_export_fits(arch, recipe, context)
+        self.progress.note(f"memory preflight: about {estimate / 2**30:.1f} GiB needed")
+
+    def load(self, checked: Checked) -> Loaded:
+        request, preset, recipe = self.request, checked.preset, checked.recipe
+        priced = request.memory_check and preset is None  # a generic checkpoint: priced from its config, before its weights
+        model = load_checkpoint(request.model, request.checkpoint, preflight=(lambda arch: self._preflight(
+            arch, recipe, request.context if request.context is not None else 1024)) if priced else None)
         if request.task:
-            loaded.task = request.task
-        arch = loaded.architecture
+            model.task = request.task
+        arch = model.architecture
         check_recipe_fits(recipe, linear_widths(arch), arch.dim)
-        tokenizer = Tokenizer(loaded.tokenizer_path)
+        tokenizer = Tokenizer(model.tokenizer_path)
         check_vocab(tokenizer, arch.vocab_size)
-        context = request.context or (preset.default_context if preset else 1024)
+        context = request.context if request.context is not None else (preset.default_context if preset else 1024)
         if not 2 <= context <= arch.max_position:
             raise UsageError(f"--context {context} is outside 2..{arch.max_position}", fix="choose a smaller --context")
-        if request.memory_check and preset is None:  # a generic checkpoint's shapes are known only now
-
-            estimate = check_export_fits(arch, recipe, context)
-            progress.note(f"memory preflight: about {estimate / 2**30:.1f} GiB needed")
         fitted = device_plan(request, arch, recipe, context)
         if fitted is not None:
             context = fitted.context
             for note in fitted.notes:
-                progress.note(note)
-        progress.note(f"{loaded.preset}: {arch.n_layers} blocks, dim {arch.dim}, "
-                      f"{arch.param_count() / 1e6:.0f}M parameters, context {context}")
-    load_custom_ops()
-    with progress.stage("build", f"{recipe.name}, a block at a time" if recipe.pt2e is None else recipe.name):
+                self.progress.note(note)
+        self.progress.note(f"{model.preset}: {arch.n_layers} blocks, dim {arch.dim}, "
+                           f"{arch.param_count() / 1e6:.0f}M parameters, context {context}")
+        return Loaded(model, tokenizer, context, fitted)
 
-        options = dict(backend_module(target).MODEL_OPTIONS)
+    def build(self, checked: Checked, loaded: Loaded) -> Built:
+        request, recipe, arch = self.request, checked.recipe, loaded.arch
+        options = dict(checked.backend.model_options)
         if recipe.dtype == "fp16":  # x^2 of the residual stream's outliers overflows fp16 (SmolLM2: |x|~25000)
             options["rms_norm"] = "l2"
-        token_ids = eval_token_ids(tokenizer, min(request.positions, context), bos_id=loaded.specials.bos_id)
-        pt2e_record = {}
+        token_ids = eval_token_ids(loaded.tokenizer, min(request.positions, loaded.context),
+                                   bos_id=loaded.model.specials.bos_id)
         if recipe.pt2e is not None:  # the backend's quantizer, calibrated on the evaluation tokens
-
-            model = build_model(arch, context, loaded.state_dict, **options)
-            loaded.state_dict = {}  # the model owns the tensors now; nothing holds a second reference
+            model = build_model(arch, loaded.context, loaded.model.state_dict, **options)
+            loaded.model.state_dict = {}  # the model owns the tensors now; nothing holds a second reference
             reference = reference_logits(model, token_ids) if request.validate else None
-            model, pt2e_record, torchao_configs = *quantize_for_target(model, recipe, target, token_ids,
-                                                                       min(context, 256)), {}
+            model, pt2e_record = quantize_for_target(model, recipe, checked.target, token_ids,
+                                                     min(loaded.context, 256))
+            torchao_configs = {}
         else:  # float weights of one block at a time: the peak is the quantized model plus one block
-            model = skeleton(arch, context, **options)
+            model = skeleton(arch, loaded.context, **options)
             quantizer = PartQuantizer(model, recipe, tied=arch.tied_embeddings)
-            reference = fill_streaming(model, loaded.state_dict, quantize_part=quantizer.quantize,
+            reference = fill_streaming(model, loaded.model.state_dict, quantize_part=quantizer.quantize,
                                        token_ids=token_ids if request.validate else None,
-                                       on_part=lambda part: progress.note(f"{part} done (peak RSS "
-                                                                          f"{peak_rss_bytes() / 2**30:.2f} GiB)"))
-            loaded.state_dict = {}
-            torchao_configs = quantizer.finish()
-        if target.backend == "xnnpack" and recipe.dtype != "fp32":  # Core ML takes precision as a compile spec
-            import torch
+                                       on_part=lambda part: self.progress.note(
+                                           f"{part} done (peak RSS {peak_rss_bytes() / 2**30:.2f} GiB)"))
+            loaded.model.state_dict = {}
+            torchao_configs, pt2e_record = quantizer.finish(), {}
+        if checked.backend.casts_model_dtype and recipe.dtype != "fp32":
+            model = model.to(DTYPES[recipe.dtype])
+        return Built(model, token_ids, reference, torchao_configs, pt2e_record)
 
-            model = model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[recipe.dtype])
-    max_seq_len = min(context, 256)
-    metadata = runner_metadata(bos_id=loaded.specials.bos_id, eos_ids=loaded.specials.eos_ids,
-                               context_len=context, max_seq_len=max_seq_len, vocab_size=arch.vocab_size,
-                               n_layers=arch.n_layers)
-    backend = backend_module(target)
-    metadata.update(getattr(backend, "RUNNER_METADATA", {}))
-    # Off macOS a Core ML program cannot run: its gate scores the quantized eager model, kept for that.
-    simulate = request.validate and target.backend == "coreml" and not on_macos()
-    with progress.stage("lower", target.name):
+    def lower(self, checked: Checked, loaded: Loaded, built: Built) -> LoweredProgram:
+        request, arch, target = self.request, loaded.arch, checked.target
+        max_seq_len = min(loaded.context, 256)
+        metadata = runner_metadata(bos_id=loaded.model.specials.bos_id, eos_ids=loaded.model.specials.eos_ids,
+                                   context_len=loaded.context, max_seq_len=max_seq_len,
+                                   vocab_size=arch.vocab_size, n_layers=arch.n_layers)
+        metadata.update(checked.backend.runner_metadata)
         # A tied embedding/output pair is stored once only through ExecuTorch's external weights file.
         apple = request.device is not None and get_device(request.device).vendor == "Apple"
-        external_weights = (target.backend == "xnnpack" and arch.tied_embeddings
+        external_weights = (checked.backend.external_weights and arch.tied_embeddings
                             and not (request.single_file or apple))
-        lowered = lower(model, target, metadata, max_seq_len, external_weights=external_weights)
-        if not simulate:
-            del model
-        progress.note(f"{lowered.delegated_calls} delegated calls; outside delegates: "
-                      + (", ".join(f"{k}x{v}" for k, v in sorted(lowered.portable_ops.items())) or "none"))
-    name = request.name or bundle_name(loaded.preset, recipe.name, target.name)
-    final = Path(request.output_dir) / name
-    parity = None
-    with progress.stage("bundle", str(final)), staged_directory(final) as staging:
-        tokenizer_file = write_payload(staging, lowered.pte, loaded.tokenizer_path, lowered.weights)
-        coreml = None
-        if target.backend == "coreml":  # the embedded model's structure, checked on any host
+        lowered = lower(built.model, target, metadata, max_seq_len, external_weights=external_weights)
+        if not (request.validate and keeps_eager_model(checked.backend.parity_method(target))):
+            built.model = None  # the program holds the weights now
+        self.progress.note(f"{lowered.delegated_calls} delegated calls; outside delegates: "
+                           + (", ".join(f"{k}x{v}" for k, v in sorted(lowered.portable_ops.items())) or "none"))
+        return lowered
 
-            quantized = sum(not recipe.quant_for(name).is_float for name in linear_widths(arch))
-            coreml = write_coreml_report(staging, lowered, target, recipe, arch.n_layers, quantized)
-            progress.note(coreml["summary"])
-        if request.validate:
-            if target.backend == "coreml":
-                metrics, method = coreml_gate_metrics(staging / coreml["mlpackage"], model if simulate else None,
-                                                      token_ids, reference, recipe.dtype, target)
-            else:
-                metrics, method = program_parity(staging / PROGRAM_NAME, token_ids, reference), None
-            result = gate(metrics, dataclasses.asdict(recipe.thresholds))
-            parity = {**result.to_dict(), **({"method": method} if method else {})}
-            progress.note(result.summary() + (f" [{method}]" if method else ""))
-            write_json(staging / PARITY_NAME, parity)
-        if coreml and "mlpackage" not in request.formats:  # extracted for the checks only
-            shutil.rmtree(staging / coreml["mlpackage"])
-            coreml["mlpackage"] = None
-        manifest = write_manifest(staging, {
-            "model": {"preset": loaded.preset, "task": loaded.task, "architecture": arch.to_dict(),
-                      "source": {"format": loaded.source_format,
-                                 "files": [dataclasses.asdict(s) for s in loaded.sources]},
-                      "history": loaded.history},
-            "recipe": {**recipe.to_dict(), "torchao_configs": torchao_configs,
-                       **({"pt2e_quantizer": pt2e_record} if pt2e_record else {})},
-            "target": {"name": target.name, "backend": target.backend, "min_os": target.min_os,
-                       "options": dict(target.options)},
-            "runtime": {"program": PROGRAM_NAME, "weights": WEIGHTS_NAME if lowered.weights else None,
-                        "context_length": context, "max_seq_len": max_seq_len,
-                        "metadata": metadata, "delegated_calls": lowered.delegated_calls,
-                        "tokens_per_call": {"min": 1, "max": max_seq_len if metadata["enable_dynamic_shape"] else 1},
-                        **({"coreml": coreml} if coreml else {}),
-                        "ops_outside_delegates": lowered.portable_ops,
-                        "ops_in_delegates": lowered.delegated_ops,
-                        "delegated_share": round(lowered.delegated_ops / max(1, lowered.delegated_ops
-                                                 + sum(lowered.portable_ops.values())), 4)},
-            "tokenizer": {"file": tokenizer_file.name, "kind": tokenizer_kind(tokenizer_file)},
-            "special_tokens": {"bos_id": loaded.specials.bos_id, "eos_ids": list(loaded.specials.eos_ids),
-                               "names": loaded.specials.names},
-            "prompt_template": dataclasses.asdict(loaded.chat_template),
-            "export": {"seconds": {**progress.seconds, **{f"lower.{k}": round(v, 2)
+    def bundle(self, checked: Checked, loaded: Loaded, built: Built, lowered: LoweredProgram,
+               final: Path) -> Manifest:
+        request, recipe, target = self.request, checked.recipe, checked.target
+        with staged_directory(final) as staging:
+            tokenizer_file = write_payload(staging, lowered.pte, loaded.model.tokenizer_path, lowered.weights)
+            quantized = sum(not recipe.quant_for(name).is_float for name in linear_widths(loaded.arch))
+            extras = checked.backend.write_extras(staging, lowered, target, recipe, loaded.arch, quantized,
+                                                  keep=request.formats)
+            if extras is not None and "summary" in extras.record:
+                self.progress.note(extras.record["summary"])
+            parity = self._gate(checked, built, lowered, staging, extras) if request.validate else None
+            if extras is not None and extras.temporary is not None:  # extracted for the checks only
+                shutil.rmtree(extras.temporary)
+            manifest = write_manifest(staging, self._manifest(checked, loaded, built, lowered, tokenizer_file,
+                                                              extras, parity))
+            if parity is not None and not parity["passed"]:
+                rejected = final.with_name(final.name + ".rejected")
+                shutil.rmtree(rejected, ignore_errors=True)
+                shutil.copytree(staging, rejected)
+                raise ParityFailure("; ".join(parity["failures"]), path=rejected,
+                                    fix="the artifact is kept there for inspection; use a milder recipe, "
+                                        "or --no-validate to skip the gate")
+        return manifest
+
+    def _gate(self, checked: Checked, built: Built, lowered: LoweredProgram, staging: Path,
+              extras: Extras | None) -> dict:
+        method = checked.backend.parity_method(checked.target)
+        metrics = measure_parity(method, program=staging / PROGRAM_NAME,
+                                 weights=staging / WEIGHTS_NAME if lowered.weights else None,
+                                 gate_input=extras.gate_input if extras else None, eager_model=built.model,
+                                 token_ids=built.token_ids, reference=built.reference,
+                                 dtype=checked.recipe.dtype, target=checked.target)
+        result = gate(metrics, dataclasses.asdict(checked.recipe.thresholds))
+        shown = method if method != "program" else None
+        parity = {**result.to_dict(), **({"method": shown} if shown else {})}
+        self.progress.note(result.summary() + (f" [{shown}]" if shown else ""))
+        write_json(staging / PARITY_NAME, parity)
+        return parity
+
+    def _manifest(self, checked: Checked, loaded: Loaded, built: Built, lowered: LoweredProgram,
+                  tokenizer_file: Path, extras: Extras | None, parity: dict | None) -> Manifest:
+        request, recipe, target, model, arch = self.request, checked.recipe, checked.target, loaded.model, loaded.arch
+        metadata = lowered.metadata
+        max_seq_len = metadata["get_max_seq_len"]
+        outside = sum(lowered.portable_ops.values())
+        return Manifest(
+            tool=Tool(version="", libraries={}),  # filled in by write_manifest
+            model=ModelInfo(preset=model.preset, task=model.task, architecture=arch.to_dict(),
+                            source={"format": model.source_format,
+                                    "files": [dataclasses.asdict(s) for s in model.sources]},
+                            history=model.history),
+            recipe={**recipe.to_dict(), "torchao_configs": built.torchao_configs,
+                    **({"pt2e_quantizer": built.pt2e_record} if built.pt2e_record else {})},
+            target=TargetInfo(name=target.name, backend=target.backend, min_os=target.min_os,
+                              options=dict(target.options)),
+            runtime=RuntimeInfo(
+                program=PROGRAM_NAME, weights=WEIGHTS_NAME if lowered.weights else None,
+                context_length=loaded.context, max_seq_len=max_seq_len, metadata=metadata,
+                delegated_calls=lowered.delegated_calls,
+                tokens_per_call={"min": 1, "max": max_seq_len if metadata["enable_dynamic_shape"] else 1},
+                extras={extras.key: extras.record} if extras is not None else {},
+                ops_outside_delegates=lowered.portable_ops, ops_in_delegates=lowered.delegated_ops,
+                delegated_share=round(lowered.delegated_ops / max(1, lowered.delegated_ops + outside), 4)),
+            tokenizer=TokenizerInfo(file=tokenizer_file.name, kind=tokenizer_kind(tokenizer_file)),
+            special_tokens=model.specials,
+            prompt_template=model.chat_template,
+            export={"seconds": {**self.progress.seconds, **{f"lower.{k}": round(v, 2)
                                                             for k, v in lowered.seconds.items()}},
-                       "peak_rss_bytes": peak_rss_bytes()},
-            "parity": parity,
-            **({"guard": guard_template()} if loaded.task == "guard" else {}),
-            **({"device": {**get_device(request.device).to_dict(), "plan": fitted.to_dict()}}
-               if request.device else {}),
-        })
-        if parity is not None and not parity["passed"]:
-            rejected = final.with_name(final.name + ".rejected")
-            shutil.rmtree(rejected, ignore_errors=True)
-            shutil.copytree(staging, rejected)
-            raise ParityFailure("; ".join(parity["failures"]), path=rejected,
-                                fix="the artifact is kept there for inspection; use a milder recipe, "
-                                    "or --no-validate to skip the gate")
-    return ExportResult(bundle=final, manifest=manifest, parity=parity, seconds=dict(progress.seconds),
-                        peak_rss_bytes=peak_rss_bytes())
+                    "peak_rss_bytes": peak_rss_bytes()},
+            parity=parity,
+            guard=guard_template_for_manifest() if model.task == "guard" else None,
+            device={**get_device(request.device).to_dict(), "plan": loaded.fitted.to_dict()}
+            if request.device else None,
+        )
+
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def run_export(request: ExportRequest, progress: Progress | None = None) -> ExportResult:
+    return ExportJob(request, progress).run()

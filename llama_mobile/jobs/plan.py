@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.devices import Device
 from llama_mobile.core.errors import ResourceError, UsageError
+from llama_mobile.core.schemes import Scheme
 from llama_mobile.quantize.recipe import LayerQuant, Recipe
 
 GROUP_SCALE_BYTES = 2  # bf16, as XNNPACK's qb4w kernels take them
@@ -101,27 +102,12 @@ class Plan:
         }
 
 
-def linear_shapes(arch: Architecture) -> dict[str, tuple[int, int]]:
-    """(out_features, in_features) of every linear layer, under the names recipes match."""
-    q_width, kv_width = arch.n_heads * arch.head_dim, arch.n_kv_heads * arch.head_dim
-    shapes = {}
-    for i in range(arch.n_layers):
-        hidden = arch.ffn_hidden_of(i)
-        for name, shape in (("attention.wq", (q_width, arch.dim)), ("attention.wk", (kv_width, arch.dim)),
-                            ("attention.wv", (kv_width, arch.dim)), ("attention.wo", (arch.dim, q_width)),
-                            ("feed_forward.w1", (hidden, arch.dim)), ("feed_forward.w2", (arch.dim, hidden)),
-                            ("feed_forward.w3", (hidden, arch.dim))):
-            shapes[f"layers.{i}.{name}"] = shape
-    shapes["output"] = (arch.output_rows, arch.dim)
-    return shapes
-
-
 def weight_bytes(rows: int, cols: int, quant: LayerQuant, group_scale_bytes: int = GROUP_SCALE_BYTES,
                  dtype: str = "fp32") -> int:
     """Bytes of one [rows, cols] weight stored under a scheme, scales included; float layers take the
     recipe's dtype unless the scheme itself says bf16."""
     if quant.is_float:
-        return rows * cols * FLOAT_BYTES[dtype if quant.scheme == "fp32" else quant.scheme]
+        return rows * cols * (FLOAT_BYTES[dtype] if quant.scheme == Scheme.FP32 else quant.weight_bits // 8)
     data = rows * cols * quant.weight_bits // 8
     if quant.group_size:
         scale = group_scale_bytes if quant.weight_bits == 4 else ROW_SCALE_BYTES
@@ -137,7 +123,7 @@ def predict_size(arch: Architecture, recipe: Recipe, context: int, *,
     if tied_stored_once is None:
         tied_stored_once = arch.tied_embeddings and recipe.shares_tied_weights()
     by_quant: dict[tuple[str, LayerQuant], list[int]] = {}
-    for name, (rows, cols) in linear_shapes(arch).items():
+    for name, (rows, cols) in arch.linear_shapes().items():
         quant = recipe.quant_for(name)
         key = ("output" if name == "output" else "linears", quant)
         entry = by_quant.setdefault(key, [0, 0, 0])

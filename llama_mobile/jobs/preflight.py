@@ -4,7 +4,7 @@ from __future__ import annotations
 from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.errors import ResourceError
 from llama_mobile.core.memory import available_bytes
-from llama_mobile.jobs.plan import linear_shapes, predict_size
+from llama_mobile.jobs.plan import predict_size
 
 # The export reads the checkpoint memory-mapped and builds, scores and quantizes one block at a time,
 # so the float model never exists whole; the peak is the quantized model plus the lowering. Modelled as
@@ -23,7 +23,7 @@ PER_QUANTIZED_WEIGHT = 1.35
 def export_peak_bytes(arch: Architecture, recipe, context: int) -> int:
 
     program = predict_size(arch, recipe, context).total
-    quantized = sum(rows * cols for name, (rows, cols) in linear_shapes(arch).items()
+    quantized = sum(rows * cols for name, (rows, cols) in arch.linear_shapes().items()
                     if not recipe.quant_for(name).is_float)
     if not recipe.embedding.is_float and not (arch.tied_embeddings and recipe.shares_tied_weights()):
         quantized += arch.vocab_size * arch.dim

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_mobile.core.atomic import check_writable, staged_directory
+from llama_mobile.core.atomic import check_replaceable, check_writable, is_pruned_checkpoint, staged_directory
 from llama_mobile.core.errors import UsageError
 from llama_mobile.core.hashing import sha256_file
 from llama_mobile.core.memory import peak_rss_bytes
@@ -22,6 +22,7 @@ from llama_mobile.core.presets import GENERIC_MODEL, get_model_preset
 from llama_mobile.core.progress import Progress
 from llama_mobile.core.tokenizer import Tokenizer, check_vocab
 from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.config_fields import read_user_text
 from llama_mobile.export.hf_writer import write_hf_checkpoint
 from llama_mobile.export.model import build_model
 from llama_mobile.quantize.prune import attention, blocks, mlp, vocab
@@ -101,32 +102,15 @@ def check_prune_request(request: PruneRequest):
     if preset is not None and request.drop_blocks is not None and request.drop_blocks >= preset.architecture.n_layers:
         raise UsageError(f"dropping {request.drop_blocks} of {preset.architecture.n_layers} blocks leaves none",
                          fix="drop fewer blocks than the model has")
-    check_replaceable(Path(request.output), request.checkpoint)
+    check_replaceable(Path(request.output), ours=is_pruned_checkpoint, what="a pruned checkpoint this tool wrote",
+                      option="-o", inputs={"source checkpoint": request.checkpoint, "teacher": request.teacher})
     check_writable(Path(request.output).parent)
     return preset
 
 
-def check_replaceable(output: Path, checkpoint: Path | None) -> None:
-    """-o names the checkpoint folder itself, replaced whole: only an earlier pruned checkpoint may go."""
-    if checkpoint is not None and output.resolve() == Path(checkpoint).expanduser().resolve():
-        raise UsageError("-o is the source checkpoint", fix="write the pruned model to a new folder")
-    if not output.exists():
-        return
-    config = output / "config.json"
-    ours = False
-    if config.is_file():
-        try:
-            ours = "llama_mobile" in json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            ours = False
-    if output.is_file() or (any(output.iterdir()) and not ours):
-        raise UsageError(f"{output} exists and is not a pruned checkpoint this tool wrote",
-                         fix="choose a new -o folder (it is replaced whole)")
-
-
 def text_windows(tokenizer, path: Path, seq_len: int, bos_id: int) -> list[list[int]]:
     """Consecutive windows of seq_len tokens (BOS then seq_len - 1 tokens of text)."""
-    ids = tokenizer.encode(Path(path).read_text(encoding="utf-8"))
+    ids = tokenizer.encode(read_user_text(Path(path), what="calibration text"))
     body = seq_len - 1
     windows = [[bos_id, *ids[i:i + body]] for i in range(0, len(ids) - body + 1, body)]
     if not windows:

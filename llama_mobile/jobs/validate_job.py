@@ -1,18 +1,18 @@
 """`llama-mobile validate`: a bundle against its float reference checkpoint, gated by thresholds."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from llama_mobile.core.bundle import Bundle, verify_bundle
 from llama_mobile.core.errors import ConfigError, UsageError
-from llama_mobile.core.manifest import verify_bundle
 from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
 from llama_mobile.core.progress import Progress
-from llama_mobile.core.tokenizer import Tokenizer
+from llama_mobile.core.tokenizer import Tokenizer, chat_prompt
 from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.config_fields import parse_json, read_user_text
 from llama_mobile.export.model import build_model, load_custom_ops
 from llama_mobile.runtime_harness.greedy import (
     eager_greedy,
@@ -25,6 +25,7 @@ from llama_mobile.runtime_harness.metrics import compare_logits
 from llama_mobile.runtime_harness.parity import (
     GUARD_PROMPTS,
     PROMPTS,
+    check_thresholds,
     eval_token_ids,
     gate,
     reference_logits,
@@ -48,20 +49,47 @@ class ValidationRequest:
     guard_prompts: Path | None = None  # JSONL of {"user": ..., "assistant": ...} for Guard bundles
 
 
-def read_prompts(path: Path) -> list[str]:
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+def _jsonl(path: Path, what: str, fix: str):
+    """(line number, value) of each non-blank line of a JSONL file a user passed; any failure is one line."""
+    text = read_user_text(path, what=what, fix=fix)
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-            prompts.append(item["prompt"] if isinstance(item, dict) else str(item))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ConfigError(f"line {number} is not a JSON object with a 'prompt'", path=path,
-                              fix='write one {"prompt": "..."} per line') from None
+            yield number, parse_json(line)
+        except ValueError as exc:
+            raise ConfigError(f"line {number} is not valid JSON ({str(exc)[:120]})", path=path, fix=fix) from None
+
+
+def read_prompts(path: Path) -> list[str]:
+    fix = 'write one {"prompt": "..."} per line'
+    prompts = []
+    for number, item in _jsonl(path, "prompts file", fix):
+        prompt = item.get("prompt") if isinstance(item, dict) else item
+        if not isinstance(prompt, str):
+            raise ConfigError(f"line {number} is not a JSON object with a 'prompt' string", path=path, fix=fix)
+        prompts.append(prompt)
     if not prompts:
         raise ConfigError("no prompts", path=path, fix='write one {"prompt": "..."} per line')
     return prompts
+
+
+def read_guard_prompts(path: Path) -> list[list[dict]]:
+    """Conversations of a JSONL file of {"user": ..., "assistant": ...} (assistant optional), checked whole."""
+    fix = 'write one {"user": "...", "assistant": "..."} per line (assistant optional)'
+    conversations = []
+    for number, item in _jsonl(path, "Guard prompts file", fix):
+        if (not isinstance(item, dict) or not isinstance(item.get("user"), str)
+                or not isinstance(item.get("assistant") or "", str)):
+            raise ConfigError(f"line {number} is not an object with a 'user' string (and an optional "
+                              "'assistant' string)", path=path, fix=fix)
+        turns = [{"role": "user", "content": item["user"]}]
+        if item.get("assistant"):
+            turns.append({"role": "assistant", "content": item["assistant"]})
+        conversations.append(turns)
+    if not conversations:
+        raise ConfigError("no conversations", path=path, fix=fix)
+    return conversations
 
 
 def run_validation(request: ValidationRequest, progress: Progress | None = None) -> dict:
@@ -69,23 +97,26 @@ def run_validation(request: ValidationRequest, progress: Progress | None = None)
     progress = progress or Progress(STAGES)
     if request.gate_on not in REFERENCES:
         raise UsageError(f"--gate-on {request.gate_on!r}", fix=f"use one of {', '.join(REFERENCES)}")
+    check_thresholds(request.thresholds)
     with progress.stage("verify"):
-        manifest = verify_bundle(request.bundle)
-        tokenizer = Tokenizer(request.bundle / manifest["tokenizer"]["file"])
-        context = manifest["runtime"]["context_length"]
+        bundle = verify_bundle(request.bundle)
+        manifest = bundle.manifest
+        tokenizer = Tokenizer(bundle.tokenizer)
+        context = bundle.context_length
         token_ids = eval_token_ids(tokenizer, min(request.positions, context), request.text,
-                                   bos_id=manifest["special_tokens"]["bos_id"])
-        template = manifest["prompt_template"]
+                                   bos_id=manifest.special_tokens.bos_id)
+        template = vars(bundle.chat_template)
         prompts = read_prompts(request.prompts or PROMPTS)
-        prompt_ids = [tokenizer.encode(template["prefix"] + template["user"].replace("{content}", p)
-                                       + template["assistant_start"]) for p in prompts]
+        if request.guard_prompts is not None:
+            read_guard_prompts(request.guard_prompts)  # a bad file fails here, not after the reference build
+        prompt_ids = [tokenizer.encode(chat_prompt(template, p)) for p in prompts]
         steps = request.generation_steps
         prompt_ids = [ids for ids in prompt_ids if len(ids) + steps < context]
     load_custom_ops()
     references, greedy_reference, guard_reference = {}, {}, None
     with progress.stage("reference", str(request.reference or "embedded weights")):
 
-        preset = manifest["model"]["preset"]  # a pruned model names itself; its shapes come from its config
+        preset = manifest.model.preset  # a pruned model names itself; its shapes come from its config
         loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, request.reference)
         state = loaded.state_dict
         for name, dtype in REFERENCES.items():
@@ -93,13 +124,13 @@ def run_validation(request: ValidationRequest, progress: Progress | None = None)
             references[name] = reference_logits(model, token_ids)
             if name == request.gate_on:
                 greedy_reference = {i: eager_greedy(model, ids, steps) for i, ids in enumerate(prompt_ids)}
-                if manifest["model"]["task"] == "guard":
-                    guard_reference = guard_verdicts(model, tokenizer, manifest, request)
+                if bundle.is_guard:
+                    guard_reference = guard_verdicts(model, tokenizer, bundle, request)
             del model
     with progress.stage("program"):
-        program = Program(request.bundle / manifest["runtime"]["program"])
+        program = Program.of(bundle)
         candidate = program.logits_per_position(token_ids)
-    thresholds = {**manifest["recipe"].get("thresholds", {}), **request.thresholds}
+    thresholds = {**manifest.recipe.get("thresholds", {}), **request.thresholds}
     results = {}
     for name, logits in references.items():
         result = gate(compare_logits(logits, candidate, token_ids), thresholds, reference=f"{name} eager")
@@ -108,7 +139,7 @@ def run_validation(request: ValidationRequest, progress: Progress | None = None)
     with progress.stage("generation", f"{len(prompt_ids)} prompts x {steps} tokens"):
         matches = []
         for i, ids in enumerate(prompt_ids):
-            got = program_greedy(Program(request.bundle / manifest["runtime"]["program"]), ids, steps)
+            got = program_greedy(Program.of(bundle), ids, steps)
             matches.append(match_length(greedy_reference[i], got))
     generation = {"prompts": len(matches), "tokens": steps, "match_lengths": matches,
                   "mean_match": sum(matches) / max(len(matches), 1),
@@ -118,7 +149,7 @@ def run_validation(request: ValidationRequest, progress: Progress | None = None)
               "thresholds": thresholds, "references": results, "generation": generation}
     if guard_reference is not None:
         with progress.stage("guard", f"{len(guard_reference)} conversations"):
-            report["guard"] = guard_agreement(guard_reference, guard_verdicts(program, tokenizer, manifest, request))
+            report["guard"] = guard_agreement(guard_reference, guard_verdicts(program, tokenizer, bundle, request))
         limit = thresholds.get("min_verdict_agreement", 1.0)
         if report["guard"]["verdict_agreement"] < limit:
             gated["failures"].append(f"verdict_agreement {report['guard']['verdict_agreement']:.4f} < {limit:.4f} "
@@ -129,19 +160,13 @@ def run_validation(request: ValidationRequest, progress: Progress | None = None)
     return report
 
 
-def guard_verdicts(model_or_program, tokenizer, manifest: dict, request: ValidationRequest) -> list[dict]:
+def guard_verdicts(model_or_program, tokenizer, bundle: Bundle, request: ValidationRequest) -> list[dict]:
     """Classify the Guard prompt set; an eager model is wrapped to look like a program."""
 
     runner = model_or_program if hasattr(model_or_program, "logits_per_position") else EagerModel(model_or_program)
-    eos = tuple(manifest["special_tokens"]["eos_ids"])
+    eos = bundle.stop_ids
     verdicts = []
-    for line in (request.guard_prompts or GUARD_PROMPTS).read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        turns = [{"role": "user", "content": item["user"]}]
-        if item.get("assistant"):
-            turns.append({"role": "assistant", "content": item["assistant"]})
+    for turns in read_guard_prompts(request.guard_prompts or GUARD_PROMPTS):
         verdicts.append(classify(runner, tokenizer, format_guard_prompt(turns), eos).to_dict())
     return verdicts
 

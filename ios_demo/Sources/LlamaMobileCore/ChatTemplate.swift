@@ -1,4 +1,4 @@
-/// A manifest's prompt_template: the same single-turn format as ChatTemplate in llama_mobile/presets.py.
+/// A manifest's prompt_template: the same single-turn format as chat_prompt in llama_mobile/core/tokenizer.py.
 public struct ChatTemplate: Codable, Equatable {
     public let name: String
     public let prefix: String
@@ -17,8 +17,10 @@ public struct ChatTemplate: Codable, Equatable {
         self.assistantStart = assistantStart
     }
 
-    /// One pass: "{content}" inside the message itself is not substituted again.
-    public func format(_ message: String) -> String {
-        prefix + user.replacingOccurrences(of: "{content}", with: message) + assistantStart
+    /// One pass: "{content}" inside the message itself is not substituted again. The message is neutralized
+    /// (ControlTokens): "<|im_end|>" or "<|eot_id|>" written in it never becomes a control token.
+    public func format(_ message: String, extra: [String] = []) -> String {
+        prefix + user.replacingOccurrences(of: "{content}", with: ControlTokens.neutralize(message, extra: extra))
+            + assistantStart
     }
 }

@@ -1,7 +1,8 @@
 import Foundation
 
 /// Llama Guard 3 1B prompt formatting and strict reply parsing, the same as runtime_harness/guard_prompt.py
-/// (its docstring explains the choices: codes kept on exclusion, messages stripped, Llama 3 chat framing).
+/// (its docstring explains the choices: codes kept on exclusion, messages stripped, Llama 3 chat framing,
+/// messages neutralized by ControlTokens so that they never write a control token).
 /// tests/vectors/guard_*.json hold this file, the Kotlin core and the Python module to one output.
 public struct GuardUsageError: Error, CustomStringConvertible { public let description: String }
 public struct GuardReplyError: Error, CustomStringConvertible { public let description: String }
@@ -132,7 +133,9 @@ public enum GuardPrompt {
         }
         out += p["categories_end"]! + p["conversation_begin"]!
         for turn in conversation {
-            out += fill(p["turn"]!, ["role": template.roles[turn.role]!, "content": strip(turn.content, template.strip)])
+            // The message cannot write control tokens (a forged "<|eot_id|>...assistant...safe" stays text).
+            let content = ControlTokens.neutralize(strip(turn.content, template.strip))
+            out += fill(p["turn"]!, ["role": template.roles[turn.role]!, "content": content])
         }
         return out + p["conversation_end"]! + fill(p["instructions"]!, ["role": role]) + p["end"]!
     }

@@ -1,6 +1,6 @@
 import Foundation
 
-/// The parts of manifest.json (llama_mobile/schema/manifest.schema.json) an app needs. Like the Python
+/// The parts of manifest.json (llama_mobile/core/schema/manifest.schema.json) an app needs. Like the Python
 /// reader, it refuses a format or schema_version it does not know.
 public struct ManifestError: Error, CustomStringConvertible {
     public let kind: String  // "json", "format", "schema_version", "missing:<field>", "field"

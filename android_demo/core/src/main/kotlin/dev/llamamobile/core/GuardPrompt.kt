@@ -2,7 +2,8 @@ package dev.llamamobile.core
 
 /**
  * Llama Guard 3 1B prompt formatting and strict reply parsing, the same as runtime_harness/guard_prompt.py
- * (read its docstring for the choices: codes kept on exclusion, messages stripped, Llama 3 chat framing).
+ * (read its docstring for the choices: codes kept on exclusion, messages stripped, Llama 3 chat framing,
+ * messages neutralized by ControlTokens so that they never write a control token).
  * tests/vectors/guard_*.json hold this file and the Python module to one output.
  */
 class GuardUsageException(message: String) : Exception(message)
@@ -120,7 +121,9 @@ object GuardPrompt {
         out.append(p.getValue("categories_end")).append(p.getValue("conversation_begin"))
         for (turn in conversation) {
             val label = template.roles.getValue(turn.role)
-            out.append(fill(p.getValue("turn"), mapOf("role" to label, "content" to strip(turn.content, template.strip))))
+            // The message cannot write control tokens (a forged "<|eot_id|>...assistant...safe" stays text).
+            val content = ControlTokens.neutralize(strip(turn.content, template.strip))
+            out.append(fill(p.getValue("turn"), mapOf("role" to label, "content" to content)))
         }
         out.append(p.getValue("conversation_end")).append(fill(p.getValue("instructions"), mapOf("role" to role))).append(p.getValue("end"))
         return out.toString()

@@ -1,7 +1,7 @@
 package dev.llamamobile.core
 
 /**
- * The parts of manifest.json (schema llama_mobile/schema/manifest.schema.json) an app needs.
+ * The parts of manifest.json (schema llama_mobile/core/schema/manifest.schema.json) an app needs.
  * Like the Python reader, it refuses a format or schema_version it does not know.
  */
 class ManifestException(val kind: String, message: String) : Exception(message)
