@@ -140,9 +140,9 @@ def write_coreml_report(staging: Path, lowered, target, recipe, n_layers: int, q
     """
 
     mlpackage = extract_mlpackage(lowered.pte, staging / MLPACKAGE_NAME)
-    stateful = bool(target.option("state", False))
+    stateful = bool(target.options.state)
     report = structural_report(
-        lowered.pte, mlpackage, stateful=stateful, fused_sdpa=target.option("deployment_target") >= "iOS18",
+        lowered.pte, mlpackage, stateful=stateful, fused_sdpa=target.options.deployment_target >= "iOS18",
         n_layers=n_layers, precision=recipe.dtype, quantized_layers=quantized_layers,
         delegated_ops=lowered.delegated_ops, ops_outside=lowered.portable_ops)
     write_json(staging / REPORT_NAME, report)
@@ -155,8 +155,8 @@ def write_coreml_report(staging: Path, lowered, target, recipe, n_layers: int, q
     return {
         "mlpackage": MLPACKAGE_NAME,
         "report": REPORT_NAME,
-        "deployment_target": target.option("deployment_target"),
-        "compute_units": target.option("compute_units"),
+        "deployment_target": target.options.deployment_target,
+        "compute_units": target.options.compute_units,
         "precision": recipe.dtype,
         "stateful_kv_cache": stateful,
         "states": [s["name"] for s in spec["states"]],

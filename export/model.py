@@ -166,7 +166,7 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(self, arch: Architecture, max_context: int, attention_kernel: str = "custom",
-                 rms_norm: str = "mean_square"):
+                 rms_norm: str = "mean_square", output_mix: bool = False):
         super().__init__()
         self.arch = arch
         self.max_context = max_context
@@ -177,6 +177,9 @@ class Transformer(nn.Module):
         self.output = nn.Linear(arch.dim, arch.output_rows, bias=False)
         if arch.tied_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        # A rotated model with a tied embedding/output matrix: the final norm's scale in the rotated basis
+        # (export/rotation.py), a dim x dim linear between the final norm and the output layer.
+        self.output_mix = nn.Linear(arch.dim, arch.dim, bias=False) if output_mix else None
         cos, sin, swap = rope_tables(arch, max_context)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -206,7 +209,10 @@ class Transformer(nn.Module):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and output layer: float32 logits over the whole vocabulary."""
-        logits = self.output(self.norm(h)).float()
+        h = self.norm(h)
+        if self.output_mix is not None:
+            h = self.output_mix(h)
+        logits = self.output(h).float()
         if self.arch.output_token_ids:
             logits = self._scatter_to_vocab(logits)
         return logits
@@ -237,14 +243,15 @@ def build_model(arch: Architecture, max_context: int, state_dict: dict[str, torc
 
 
 def skeleton(arch: Architecture, max_context: int, attention_kernel: str = "custom",
-             rms_norm: str = "mean_square") -> Transformer:
-    """The model's structure with its weights on the meta device (no memory), buffers real."""
+             rms_norm: str = "mean_square", output_mix: bool = False) -> Transformer:
+    """The model's structure with its weights on the meta device (no memory), buffers real. ``output_mix``:
+    the extra linear a rotated tied model needs after its final norm (export/rotation.py)."""
     if attention_kernel not in ("custom", "sdpa"):
         raise ValueError(f"attention_kernel must be 'custom' or 'sdpa', not {attention_kernel!r}")
     if rms_norm not in RMS_NORMS:
         raise ValueError(f"rms_norm must be one of {RMS_NORMS}, not {rms_norm!r}")
     with torch.device("meta"):
-        model = Transformer(arch, max_context, attention_kernel, rms_norm)
+        model = Transformer(arch, max_context, attention_kernel, rms_norm, output_mix)
     _materialise_buffers(model, arch, max_context)
     return model.eval().requires_grad_(False)
 

@@ -1,6 +1,8 @@
 """Apply a recipe to a model through torchao's quantize_ and record exactly what was done."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 from collections import defaultdict
 
@@ -8,6 +10,7 @@ import torch
 from torch import nn
 
 from llama_mobile.core.errors import ExportError
+from llama_mobile.quantize.calibrate import Calibrator, calibrates
 from llama_mobile.quantize.recipe import LayerQuant, Recipe
 from llama_mobile.quantize.rowwise import rowwise_quantizers
 
@@ -57,8 +60,10 @@ class PartQuantizer:
     """Quantizes a model one part (module name prefix) at a time, so a model can be built, scored and
     quantized block by block without ever holding all of its float weights."""
 
-    def __init__(self, model: nn.Module, recipe: Recipe, tied: bool = False):
-        self.model, self.recipe = model, recipe
+    def __init__(self, model: nn.Module, recipe: Recipe, tied: bool = False,
+                 calibrator: Calibrator | None = None):
+        self.model, self.recipe, self.calibrator = model, recipe, calibrator
+        self.calibrated: list[str] = []
         self.share = tied and recipe.shares_tied_weights() and not recipe.embedding.is_float
         self.applied: dict[str, dict] = {}
         self._by_scheme: dict[LayerQuant, list[str]] = defaultdict(list)
@@ -85,14 +90,55 @@ class PartQuantizer:
             config = torchao_config(quant)
             if config is None:
                 continue
+            self._by_scheme[quant].extend(names)
+            if self.calibrator is not None and calibrates(quant):  # the layers that saw calibration text
+                names = [n for n in names if not self._quantize_calibrated(n, quant, config)]
+                if not names:
+                    continue
             selected = set(names)
             log.debug("quantizing %d linear layers as %s (group %s)", len(names), quant.scheme, quant.group_size)
             with rowwise_quantizers():
                 quantize_(self.model, config, filter_fn=lambda m, fqn, selected=selected: fqn in selected)
-            self._by_scheme[quant].extend(names)
         if self.share and inside("output"):
             self.model.tok_embeddings.weight = self.model.output.weight  # torchao's embedding dequantizes it row by row
             self.applied["embedding:tok_embeddings"] = {"shared_with": "output"}
+        if self.calibrator is not None:
+            self.calibrator.observer.clear()
+
+    def observe(self, prefix: str):
+        """A context in which the part's calibrated linears record their inputs (stream_build runs the
+        calibration tokens through the float part inside it, just before ``quantize(prefix)``)."""
+        modules = {name: m for name, m in self.model.named_modules()
+                   if isinstance(m, nn.Linear) and (name == prefix or name.startswith(prefix + "."))
+                   and calibrates(self.recipe.quant_for(name))} if self.calibrator is not None else {}
+        return self.calibrator.observer.observe(modules) if modules else contextlib.nullcontext()
+
+    def _quantize_calibrated(self, name: str, quant: LayerQuant, config) -> bool:
+        """Calibration picks the layer's integers and scales; torchao's own handler for the recipe's config
+        stores them, given as a custom scale (how torchao's QAT convert hands over learned scales).
+        False when the layer saw no calibration input (it is then quantized as usual)."""
+        from torchao.quantization.transform_module import _QUANTIZE_CONFIG_HANDLER
+
+        module = self.model.get_submodule(name)
+        solved = self.calibrator.solve(name, module.weight, quant)
+        if solved is None:
+            return False
+        qdata, scale = solved
+        group = quant.group_size
+        # float values that torchao's quantize_affine(w, scale) turns back into exactly these integers
+        module.weight = nn.Parameter(qdata.to(torch.float32) * scale.repeat_interleave(group, dim=1),
+                                     requires_grad=False)
+        custom = copy.deepcopy(config)
+        if hasattr(custom, "intx_choose_qparams_algorithm"):
+            custom.intx_choose_qparams_algorithm = None  # torchao's rule for custom scales
+        _QUANTIZE_CONFIG_HANDLER[type(custom)](module, custom, custom_scale=scale,
+                                               custom_zero_point=torch.zeros_like(scale, dtype=torch.int8))
+        stored = module.weight
+        if not (torch.equal(stored.qdata, qdata) and torch.equal(stored.scale, scale)):
+            raise ExportError(f"calibrated weights of {name} did not survive torchao's packing",
+                              fix="report this; export without [calibration] meanwhile")
+        self.calibrated.append(name)
+        return True
 
     def finish(self) -> dict[str, dict]:
         """Check nothing was left in float by accident; the configs applied, for the manifest."""

@@ -104,7 +104,7 @@ def quantize_for_target(model, recipe, target, token_ids, max_seq_len: int):
     from torch.export import Dim
 
     settings = quant_settings(recipe.pt2e)
-    chip = target.option("chip")
+    chip = target.options.chip
     if hasattr(model, "reset_cache"):
         model.reset_cache()  # the reference pass filled it; the program's initial cache must be empty
     example = (torch.zeros((1, 2), dtype=torch.long), torch.tensor([0], dtype=torch.long))

@@ -70,6 +70,20 @@ class Pt2eQuant:
         return Scheme(self.scheme).weight_bits
 
 
+CALIBRATION_METHODS = ("gptq", "imatrix")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """[calibration]: choose the int4 values and group scales from calibration text (quantize/calibrate.py)."""
+
+    method: str = "gptq"  # "gptq" (error feedback through the inverse Hessian) or "imatrix" (weighted scales)
+    tokens: int = 512  # calibration tokens, taken from the text as sequences of `sequence`
+    sequence: int = 256  # tokens per sequence (each starts with BOS; capped at the context)
+    seed: int = 0  # which windows of the text
+    damp: float = 0.01  # GPTQ's damping, a fraction of the mean Hessian diagonal
+
+
 @dataclass(frozen=True)
 class Override:
     pattern: str  # full match against a module's name (e.g. "layers\.(0|15)\..*"); syntax: quantize/patterns.py
@@ -100,9 +114,13 @@ class Recipe:
     thresholds: Thresholds = field(default_factory=Thresholds)
     version: int = RECIPE_SCHEMA_VERSION
     pt2e: Pt2eQuant | None = None  # set: the backend's PT2E quantizer does all quantization, not torchao
+    calibration: Calibration | None = None  # set: calibrated int4 weights (`export --calibration FILE`)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.calibration is None:  # recipes without it keep the manifest they always had
+            del data["calibration"]
+        return data
 
     def shares_tied_weights(self) -> bool:
         """Whether a tied embedding and output layer can be stored once under this recipe.
@@ -133,7 +151,7 @@ def _compiled(pattern: str) -> SafePattern:
 
 
 _TOP_KEYS = {"name", "summary", "version", "dtype", "targets", "linear", "embedding", "output",
-             "overrides", "thresholds", "pt2e"}
+             "overrides", "thresholds", "pt2e", "calibration"}
 _PT2E_KEYS = {"quantizer", "scheme", "block_size"}
 _LAYER_KEYS = {"scheme", "group_size", "symmetric", "algorithm"}
 
@@ -196,6 +214,39 @@ def _pt2e(section: object, data: dict, targets: list, problems: list[str]) -> Pt
     return Pt2eQuant(quantizer=str(quantizer), scheme=str(scheme), block_size=block)
 
 
+def _calibration(section: object, linear: LayerQuant, overrides: list[Override], pt2e: object,
+                 problems: list[str]) -> Calibration | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        problems.append("[calibration] must be a table")
+        return None
+    known = {f.name for f in dataclasses.fields(Calibration)}
+    for key in sorted(set(section) - known):
+        problems.append(f"[calibration] unknown key {key!r}")
+    default = Calibration()
+    method = section.get("method", default.method)
+    if method not in CALIBRATION_METHODS:
+        problems.append(f"[calibration] method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+    values = {}
+    for key, low, high in (("tokens", 16, 65536), ("sequence", 16, 8192), ("seed", 0, 2**31 - 1)):
+        value = section.get(key, getattr(default, key))
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            problems.append(f"[calibration] {key} must be an integer in {low}..{high}, got {value!r}")
+            value = getattr(default, key)
+        values[key] = value
+    damp = section.get("damp", default.damp)
+    if not isinstance(damp, (int, float)) or isinstance(damp, bool) or not math.isfinite(damp) or not 0 < damp <= 1:
+        problems.append(f"[calibration] damp must be a number in (0, 1], got {damp!r}")
+        damp = default.damp
+    if pt2e is not None:
+        problems.append("[calibration] is not supported in a [pt2e] recipe")
+    grouped = [q for q in (linear, *(o.quant for o in overrides)) if not q.is_float and q.group_size]
+    if not grouped or any(not q.symmetric for q in grouped):
+        problems.append("[calibration] needs symmetric grouped linears (group_size > 0, symmetric = true)")
+    return Calibration(method=str(method), damp=float(damp), **values)
+
+
 def parse_recipe(data: dict, source: str) -> Recipe:
     problems: list[str] = []
     for key in sorted(set(data) - _TOP_KEYS):
@@ -235,6 +286,7 @@ def parse_recipe(data: dict, source: str) -> Recipe:
         problems.append("targets must be a non-empty list of target backends")
         targets = ["xnnpack"]
     pt2e = _pt2e(data.get("pt2e"), data, targets, problems)
+    calibration = _calibration(data.get("calibration"), linear, overrides, data.get("pt2e"), problems)
     thresholds = Thresholds()
     raw_thresholds = data.get("thresholds", {})
     if isinstance(raw_thresholds, dict):
@@ -254,7 +306,8 @@ def parse_recipe(data: dict, source: str) -> Recipe:
         raise ConfigError(problems, path=source, fix="correct the recipe (see `llama-mobile recipes show fp32`)")
     return Recipe(name=name, summary=str(data.get("summary", "")), dtype=dtype, linear=linear,
                   embedding=embedding, output=output, overrides=tuple(overrides),
-                  targets=tuple(targets), thresholds=thresholds, version=version, pt2e=pt2e)
+                  targets=tuple(targets), thresholds=thresholds, version=version, pt2e=pt2e,
+                  calibration=calibration)
 
 
 def read_recipe_file(path: Path) -> Recipe:

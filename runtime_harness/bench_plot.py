@@ -5,18 +5,17 @@ from pathlib import Path
 
 from llama_mobile.core.atomic import temporary_path
 from llama_mobile.core.errors import ResourceError
+from llama_mobile.core.reports import OURS, PEER, BenchReport
 
 PANELS = (("prefill_tps", "prefill tokens/s"), ("decode_tps", "decode tokens/s"), ("ttft_ms", "time to first token (ms)"))
-COLOURS = {"executorch": "#3b6ea5", "llama.cpp": "#c26b2f"}
+COLOURS = {OURS: "#3b6ea5", PEER: "#c26b2f"}
 
 
-def _label(report: dict, side: str) -> str:
-    if side == "executorch" and "runtime" in report:
-        return f"llama-mobile ({report['runtime']} runtime)"
-    return side
+def _label(report: BenchReport, side: str) -> str:
+    return f"llama-mobile ({report.runtime} runtime)" if side == OURS else side
 
 
-def plot_report(report: dict, path: Path) -> Path:
+def plot_report(report: BenchReport, path: Path) -> Path:
     """Bars of the median with min-max whiskers; written to a temporary name, then renamed."""
     try:
         import matplotlib
@@ -25,13 +24,13 @@ def plot_report(report: dict, path: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ResourceError("matplotlib is not installed", fix="pip install 'llama-mobile[bench]'") from None
-    sides = [s for s in ("executorch", "llama.cpp") if s in report]
-    lengths = list(report["executorch"])
+    sides = report.sides
+    lengths = list(report.figures[OURS])
     figure, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.4))
     width = 0.8 / len(sides)
     for axis, (figure_key, title) in zip(axes, PANELS):
         for i, side in enumerate(sides):
-            stats = [report[side][length][figure_key] for length in lengths]
+            stats = [report.figures[side][length][figure_key] for length in lengths]
             medians = [s["median"] for s in stats]
             errors = [[m - s["min"] for m, s in zip(medians, stats)], [s["max"] - m for m, s in zip(medians, stats)]]
             positions = [x + (i - (len(sides) - 1) / 2) * width for x in range(len(lengths))]
@@ -40,7 +39,7 @@ def plot_report(report: dict, path: Path) -> Path:
         axis.set_title(title, fontsize=10)
         axis.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    figure.suptitle(f"{Path(report['bundle']).name}, {report['threads']} threads, median of {report['runs']} runs",
+    figure.suptitle(f"{Path(report.bundle).name}, {report.threads} threads, median of {report.runs} runs",
                     fontsize=10)
     figure.tight_layout()
     with temporary_path(path) as partial:

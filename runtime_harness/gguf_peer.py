@@ -15,7 +15,7 @@ NEAREST_GGUF_TYPE = {"8da4w": "Q4_0", "4w": "Q4_0", "8da8w": "Q8_0", "8w": "Q8_0
 
 
 def nearest_type(manifest: Manifest) -> str:
-    scheme = manifest.recipe["linear"]["scheme"]
+    scheme = manifest.linear_scheme
     if scheme not in NEAREST_GGUF_TYPE:
         raise UsageError(f"no llama.cpp type is comparable to scheme {scheme!r}", fix="pass --vs-llama-cpp FILE.gguf")
     return NEAREST_GGUF_TYPE[scheme]
@@ -38,7 +38,7 @@ def requantize(source: Path, destination: Path, gguf_type: str) -> Path:
 
 
 def source_checkpoint(manifest: Manifest) -> Path:
-    first = Path(manifest.model.source["files"][0]["path"])
+    first = manifest.model.source_paths[0]
     return first if first.suffix == ".gguf" else first.parent  # Meta and HF checkpoints are folders
 
 
@@ -52,7 +52,7 @@ def peer_for_bundle(manifest: Manifest, scratch: Path) -> Path:
     if not source.exists():
         raise UsageError("the checkpoint the bundle was exported from is gone", path=source,
                          fix="pass --gguf FILE.gguf made from it by llama.cpp")
-    if manifest.model.source["format"] != "gguf":
+    if manifest.model.source_format != "gguf":
 
         preset = manifest.model.preset
         loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, source)

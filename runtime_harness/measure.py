@@ -21,7 +21,7 @@ def measure_parity(method: str, *, program: Path, weights: Path | None, gate_inp
                    eager_model: torch.nn.Module | None, token_ids: list[int], reference: torch.Tensor,
                    dtype: str, target: Target) -> ParityMetrics:
     if method == ParityMethod.COREML:
-        return coreml_parity(gate_input, token_ids, reference, target.option("compute_units", "all"))
+        return coreml_parity(gate_input, token_ids, reference, target.options.compute_units or "all")
     if method == ParityMethod.HOST_SIMULATED:
         return compare_logits(reference, host_simulated_logits(eager_model, token_ids, dtype), token_ids)
     return program_parity(program, token_ids, reference, weights)

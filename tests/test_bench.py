@@ -21,19 +21,22 @@ def test_bench_runs_the_bundle_in_fresh_processes(tiny_fp32_bundle):
     """Through TextLLMRunner in the Python bindings (the native runner has its own tests)."""
     report = run_bench(BenchRequest(bundle=tiny_fp32_bundle.bundle, prompt_lengths=(8,), new_tokens=8, runs=1,
                                     warmup=0, threads=1, runtime="python"))
-    assert report["runtime"] == "python"
-    figures = report["executorch"]["8"]
+    assert report.runtime == "python"
+    figures = report.figures["executorch"]["8"]
     assert figures["decode_tps"]["median"] > 0 and figures["peak_rss_bytes"]["median"] > 0
-    assert report["size_bytes"]["executorch"] == tiny_fp32_bundle.manifest.to_dict()["files"]["model.pte"]["size"]
-    assert "llama.cpp" not in report
+    assert report.size_bytes["executorch"] == tiny_fp32_bundle.manifest.to_dict()["files"]["model.pte"]["size"]
+    assert "llama.cpp" not in report.figures and "llama.cpp" not in report.to_dict()
 
 
 def test_plot_writes_a_png_with_one_panel_per_figure(tmp_path):
     from llama_mobile.runtime_harness.bench_plot import plot_report
 
-    report = {"bundle": "out/x", "threads": 2, "runs": 3,
-              "executorch": {"32": summarise([sample(10, 100, 50, 400), sample(30, 300, 70, 400)])},
-              "llama.cpp": {"32": summarise([sample(40, 100, 30, 200)])}}
+    from llama_mobile.core.reports import BenchReport
+
+    report = BenchReport(bundle="out/x", runtime="native", threads=2, runs=3, warmup=0, new_tokens=8,
+                         size_bytes={"executorch": 1, "llama.cpp": 1},
+                         figures={"executorch": {"32": summarise([sample(10, 100, 50, 400), sample(30, 300, 70, 400)])},
+                                  "llama.cpp": {"32": summarise([sample(40, 100, 30, 200)])}})
     path = plot_report(report, tmp_path / "bench.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -78,4 +81,4 @@ def test_the_two_sides_runs_are_interleaved(tiny_fp32_bundle, tmp_path, monkeypa
                                     warmup=1, threads=1, llama_cpp_gguf=gguf, runtime="python"))
     per_length = [("executorch", 4), ("llama.cpp", 4)] * 4 + [("executorch", 8), ("llama.cpp", 8)] * 4
     assert calls == per_length  # one warm-up pair, then three run pairs, per prompt length
-    assert report["ratios"]["8"]["decode_tps"] == pytest.approx(1.0) and report["size_bytes"]["llama.cpp"] == 64
+    assert report.ratios["8"]["decode_tps"] == pytest.approx(1.0) and report.size_bytes["llama.cpp"] == 64

@@ -110,3 +110,36 @@ def test_failing_gate_publishes_nothing_under_the_final_name(tmp_path, tiny_hf):
     assert names == ["llama-strict-4bit-xnnpack.rejected"]
     parity = json.loads((out / names[0] / "parity.json").read_text())
     assert parity["passed"] is False and parity["failures"]
+
+
+def _rewrite(bundle, change):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    change(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../tokenizer.json", "sub/tokenizer.json", ".hidden", "..",
+                                  "a\\b.json"])
+def test_a_bundle_is_closed_every_role_is_a_plain_listed_name(bundle_copy, name):
+    """A manifest may not point a reader at a file it does not hash (issue 19: bundles are not closed)."""
+    def point_tokenizer(manifest):
+        manifest["tokenizer"]["file"] = name
+    _rewrite(bundle_copy, point_tokenizer)
+    with pytest.raises(BundleError, match="tokenizer.file .* is not a plain file name"):
+        verify_bundle(bundle_copy)
+
+
+def test_a_stray_weights_file_is_refused_and_never_read(bundle_copy, tiny_fp32_bundle):
+    """Which weights a program gets comes from the manifest: an unlisted model.ptd beside it is an error."""
+    assert verify_bundle(bundle_copy).weights is None
+    (bundle_copy / "model.ptd").write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="model.ptd is not listed in the manifest"):
+        verify_bundle(bundle_copy)
+
+
+def test_typed_manifest_round_trips_the_json(tiny_fp32_bundle):
+    from llama_mobile.core.manifest import Manifest
+
+    on_disk = json.loads((tiny_fp32_bundle.bundle / "manifest.json").read_text())
+    assert Manifest.from_dict(on_disk).to_dict() == on_disk
+    assert list(Manifest.from_dict(on_disk).to_dict()) == list(on_disk)  # key order too

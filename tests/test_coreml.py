@@ -117,7 +117,7 @@ def test_every_preset_and_recipe_lowers_whole(target, recipe, tiny_hf, tmp_path)
     report = json.loads((result.bundle / "coreml_report.json").read_text())
     assert report["passed"], report["checks"]
     assert result.parity["passed"]
-    assert result.manifest.to_dict()["runtime"]["coreml"]["compute_units"] == get_target(target).option("compute_units")
+    assert result.manifest.to_dict()["runtime"]["coreml"]["compute_units"] == get_target(target).options.compute_units
     if recipe == "coreml-fp16":  # fp16 against the fp32 reference: nearly exact
         assert result.parity["metrics"]["cosine_mean"] > 0.999
 

@@ -71,8 +71,8 @@ def test_validate_reports_guard_verdict_agreement(tiny_guard):
     ckpt, result = tiny_guard
     report = run_validation(ValidationRequest(bundle=result.bundle, reference=ckpt, positions=32,
                                               generation_steps=4))
-    guard = report["guard"]
-    assert guard["conversations"] == 10
+    guard = report.guard
+    assert guard.conversations == 10
     # fp32 program vs fp32 eager reference: the same verdicts (parsed or unparseable) everywhere
-    assert guard["verdict_agreement"] == 1.0 and guard["p_unsafe_max_difference"] < 1e-3
-    assert report["passed"]
+    assert guard.verdict_agreement == 1.0 and guard.p_unsafe_max_difference < 1e-3
+    assert report.passed and report.to_dict()["guard"]["conversations"] == 10

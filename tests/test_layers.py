@@ -168,3 +168,14 @@ def test_a_breach_is_caught(tmp_path, monkeypatch):
         assert "llama_mobile.core.bad" in str(exc)
     else:
         raise AssertionError("a cycle was not reported")
+
+
+def test_the_cli_loads_no_heavy_library_until_a_command_runs():
+    """`llama-mobile --help` stays instant: importing the command line loads none of the heavy libraries."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, llama_mobile.cli; "
+             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

@@ -78,8 +78,8 @@ def test_bench_uses_the_native_runner_and_records_it(tiny_fp32_bundle, runner_bi
     monkeypatch.setattr(native_runner, "build", lambda: runner_binary)
     report = run_bench(BenchRequest(bundle=tiny_fp32_bundle.bundle, prompt_lengths=(8,), new_tokens=8, runs=2,
                                     warmup=0, threads=1, runtime="native"))
-    assert report["runtime"] == "native"
-    figures = report["executorch"]["8"]
+    assert report.runtime == "native"
+    figures = report.figures["executorch"]["8"]
     assert figures["prompt_tokens"] == 8 and figures["decode_tps"]["min"] > 0
 
 

@@ -117,8 +117,8 @@ def test_neuropilot_without_sdk_is_a_one_line_refusal(tmp_path, capfd):
 
 def test_npu_target_takes_the_chip_from_the_device():
     target = bind_device(get_target("qnn-htp"), "snapdragon-8-gen-3")
-    assert target.option("chip") == "SM8650" and target.option("recipe") == "qnn-16a4w"
-    assert bind_device(get_target("neuropilot"), "dimensity-9400").option("chip") == "mt6991"
+    assert target.options.chip == "SM8650" and target.options.recipe == "qnn-16a4w"
+    assert bind_device(get_target("neuropilot"), "dimensity-9400").options.chip == "mt6991"
     assert bind_device(get_target("xnnpack"), None) is TARGETS["xnnpack"]
     with pytest.raises(UsageError, match="needs --device"):
         bind_device(get_target("qnn-htp"), None)

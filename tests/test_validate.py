@@ -9,13 +9,13 @@ from tests.conftest import export_tiny
 
 def test_honest_bundle_passes_against_its_reference(tiny_fp32_bundle, tiny_hf):
     report = run_validation(ValidationRequest(bundle=tiny_fp32_bundle.bundle, reference=tiny_hf, positions=48))
-    assert report["passed"]
-    fp32 = report["references"]["fp32"]["metrics"]
+    assert report.passed
+    fp32 = report.references["fp32"]["metrics"]
     assert fp32["top1_agreement"] == 1.0 and fp32["kl_mean"] < 1e-6
     # bf16 is reported as a second reference: close, not identical
-    bf16 = report["references"]["bf16"]["metrics"]
+    bf16 = report.references["bf16"]["metrics"]
     assert 0 < bf16["kl_mean"] < 0.05
-    assert report["generation"]["exact"] == report["generation"]["prompts"] > 0
+    assert report.generation.exact == report.generation.prompts > 0
 
 
 def test_bundle_with_tampered_weights_fails_the_gate(tmp_path, tiny_state, tiny_hf):
@@ -24,8 +24,8 @@ def test_bundle_with_tampered_weights_fails_the_gate(tmp_path, tiny_state, tiny_
     bad_ckpt = write_hf(tmp_path / "tampered", TINY, tampered)
     bundle = export_tiny(bad_ckpt, tmp_path / "out", "fp32").bundle  # honest against its own weights
     report = run_validation(ValidationRequest(bundle=bundle, reference=tiny_hf, positions=48))
-    assert not report["passed"]
-    failures = report["references"]["fp32"]["failures"]
+    assert not report.passed
+    failures = report.references["fp32"]["failures"]
     assert any(f.startswith("kl_mean") for f in failures)
 
 

@@ -55,7 +55,7 @@ def test_guard_template_vector_is_current():
 
 @pytest.mark.parametrize("case", cases("chat_prompts.json"), ids=lambda c: f"{c['template']['name']}-{c['message'][:12]}")
 def test_chat_prompts(case):
-    assert ChatTemplate(**case["template"]).format(case["message"]) == case["expected"]
+    assert chat_prompt(ChatTemplate(**case["template"]), case["message"]) == case["expected"]
 
 
 def test_chat_vectors_use_the_shipped_templates():

@@ -40,4 +40,4 @@ def bind_device(target: Target, device_name: str | None) -> Target:
         why = npu.note if npu is not None and npu.note else "no such NPU"
         raise UsageError(f"device {device_name} cannot use target {target.name} ({why})",
                          fix=f"use --target xnnpack for {device_name}, or {fix}")
-    return dataclasses.replace(target, options=(*target.options, ("chip", npu.chip)))
+    return dataclasses.replace(target, options=dataclasses.replace(target.options, chip=npu.chip))

@@ -17,7 +17,6 @@ from llama_mobile.export.backends.base import Backend, Extras, ParityMethod, reg
 from llama_mobile.export.coreml_package import write_coreml_report
 
 SKIPPED_PASSES = ("common::fuse_linear_bias",)
-COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_ne", "cpu_and_gpu")
 PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32"}
 
 
@@ -27,8 +26,8 @@ def compile_specs(target: Target, precision: str = "fp16") -> list:
 
     passes = [p for p in ct.PassPipeline.DEFAULT.passes if p not in SKIPPED_PASSES]
     return CoreMLBackend.generate_compile_specs(
-        compute_unit=ct.ComputeUnit[target.option("compute_units", "all").upper()],
-        minimum_deployment_target=getattr(ct.target, target.option("deployment_target", "iOS18")),
+        compute_unit=ct.ComputeUnit[(target.options.compute_units or "all").upper()],
+        minimum_deployment_target=getattr(ct.target, target.options.deployment_target or "iOS18"),
         compute_precision=getattr(ct.precision, PRECISIONS[precision]),
         pass_names=passes,
     )
@@ -58,18 +57,15 @@ class CoreMLBackend(Backend):
         except ImportError as exc:
             raise ExportError(f"Core ML lowering needs coremltools and ExecuTorch's Core ML backend ({exc.name} "
                               "is missing)", fix="pip install coremltools (see ./setup.sh)") from None
-        if target.option("compute_units") not in COMPUTE_UNITS:
-            raise ExportError(f"target {target.name}: compute_units {target.option('compute_units')!r} is not "
-                              f"one of {', '.join(COMPUTE_UNITS)}")
 
     def partitioners(self, target: Target) -> list:
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
-        precision = target.option("dtypes", ("fp16",))[0]
+        precision = target.options.dtypes[0]
         # With take_over_mutable_buffer the KV cache lives inside Core ML as state (iOS 18+); without it,
         # ExecuTorch owns the cache and passes it in and out of the model at every call.
         return [CoreMLPartitioner(compile_specs=compile_specs(target, precision),
-                                  take_over_mutable_buffer=bool(target.option("state", False)))]
+                                  take_over_mutable_buffer=bool(target.options.state))]
 
     def write_extras(self, staging: Path, lowered, target: Target, recipe, arch, quantized_layers: int,
                      keep: tuple[str, ...] = ()) -> Extras:

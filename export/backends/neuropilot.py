@@ -33,7 +33,7 @@ class NeuropilotBackend(Backend):
         if problem:
             raise ExportError(f"target {target.name} needs MediaTek's NeuroPilot SDK (not on PyPI): {problem}",
                               fix=INSTALL)
-        if target.option("chip") not in PLATFORMS:
+        if target.options.chip not in PLATFORMS:
             raise ExportError(f"target {target.name} has no MediaTek platform",
                               fix="pass --device dimensity-9300 or dimensity-9400 (`llama-mobile devices`)")
 
@@ -41,7 +41,7 @@ class NeuropilotBackend(Backend):
         from executorch.backends.mediatek.partitioner import NeuropilotPartitioner
         from executorch.exir.backend.compile_spec_schema import CompileSpec
 
-        return [NeuropilotPartitioner([CompileSpec("platform-config", target.option("chip").encode())])]
+        return [NeuropilotPartitioner([CompileSpec("platform-config", target.options.chip.encode())])]
 
 
 register(NeuropilotBackend())

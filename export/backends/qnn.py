@@ -75,14 +75,14 @@ class QnnBackend(Backend):
         problem = sdk_problem()
         if problem:
             raise ExportError(f"target {target.name} needs Qualcomm's QNN SDK (not on PyPI): {problem}", fix=INSTALL)
-        if not target.option("chip"):
+        if not target.options.chip:
             raise ExportError(f"target {target.name} has no Snapdragon SoC", fix="pass --device snapdragon-8-gen-3 "
                               "or snapdragon-8-elite (`llama-mobile devices`)")
 
     def partitioners(self, target: Target) -> list:
         from executorch.backends.qualcomm.partition.qnn_partitioner import QnnPartitioner
 
-        return [QnnPartitioner(compile_specs(target.option("chip")))]
+        return [QnnPartitioner(compile_specs(target.options.chip))]
 
 
 register(QnnBackend())

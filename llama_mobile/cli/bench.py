@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from llama_mobile.core.reports import OURS, PEER
 from llama_mobile.cli.common import FilePath, IntList, quiet_libraries, say
 
 
@@ -48,7 +49,7 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
 
     from llama_mobile.core.bundle import verify_bundle
     from llama_mobile.core.progress import Progress
-    from llama_mobile.jobs.bench_job import STAGES, BenchRequest, run_bench
+    from llama_mobile.jobs.bench_job import FIGURES, STAGES, BenchRequest, run_bench
 
     lengths = tuple(prompt_lengths)
     if vs_llama_cpp and gguf is None:
@@ -61,32 +62,31 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
     if plot is not None:
         from llama_mobile.runtime_harness.bench_plot import plot_report
 
-        report["plot"] = str(plot_report(report, plot))
+        report.plot = str(plot_report(report, plot))
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.to_dict(), indent=2))
         return
-    sides = [s for s in ("executorch", "llama.cpp") if s in report]
-    click.echo(f"our side ran in the {report['runtime']} runtime")
-    click.echo(f"{'prompt':>6s} {'figure':>14s}" + "".join(f"{s:>22s}" for s in sides)
-               + ("        ratio" if "ratios" in report else ""))
-    for length in report["executorch"]:
-        for figure in ("ttft_ms", "prefill_tps", "decode_tps", "peak_rss_bytes", "model_rss_bytes"):
+    click.echo(f"our side ran in the {report.runtime} runtime")
+    click.echo(f"{'prompt':>6s} {'figure':>14s}" + "".join(f"{s:>22s}" for s in report.sides)
+               + ("        ratio" if report.ratios else ""))
+    for length in report.figures[OURS]:
+        for figure in FIGURES:
             cells = []
-            for side in sides:
-                f = report[side][length][figure]
+            for side in report.sides:
+                f = report.figures[side][length][figure]
                 scale = 2**20 if figure.endswith("rss_bytes") else 1
                 cells.append(f"{f['median'] / scale:9.1f} [{f['min'] / scale:.0f}-{f['max'] / scale:.0f}]")
-            ratio = report.get("ratios", {}).get(length, {}).get(figure)
+            ratio = (report.ratios or {}).get(length, {}).get(figure)
             label = {"peak_rss_bytes": "peak RSS MiB", "model_rss_bytes": "model RSS MiB"}.get(figure, figure)
             click.echo(f"{length:>6s} {label:>14s}"
                        + "".join(f"{c:>22s}" for c in cells) + (f"   {ratio:8.2f}x" if ratio else ""))
-    sizes = "  ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in report["size_bytes"].items())
+    sizes = "  ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in report.size_bytes.items())
     click.echo(f"size: {sizes}")
-    if "quality" in report:
-        q = report["quality"]
+    if report.quality:
+        q = report.quality
         click.echo(f"quality vs {q['reference']} over {q['positions']} tokens (top-1 / KL / ppl ratio):")
-        for side in ("executorch", "llama.cpp"):
+        for side in (OURS, PEER):
             m = q[side]
             click.echo(f"  {side:>10s}  {m['top1_agreement']:.3f} / {m['kl_mean']:.3f} / {m['ppl_ratio']:.3f}")
-    if "plot" in report:
-        click.echo(f"plot: {report['plot']}")
+    if report.plot:
+        click.echo(f"plot: {report.plot}")

@@ -39,9 +39,11 @@ from llama_mobile.quantize.recipe import DEFAULT_RECIPE
 @click.option("--single-file", is_flag=True,
               help="keep all weights in model.pte (for iOS's TextLLMRunner, which cannot load model.ptd; "
                    "a tied embedding/output matrix is then stored twice)")
+@click.option("--calibration", type=FilePath(path_type=Path), default=None,
+              help="calibration text for a recipe with [calibration] (default: the shipped public-domain text)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 def export(model, checkpoint, recipe, target, device, output_dir, context, name, no_validate, task,
-           skip_memory_check, formats, single_file, as_json):
+           skip_memory_check, formats, single_file, calibration, as_json):
     """Load, quantize and lower a model, and write a verified bundle.
 
     \b
@@ -68,14 +70,14 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
 
         chosen = get_device(device)
     request = ExportRequest(model=model, checkpoint=checkpoint,
-                            recipe=recipe or (target and TARGETS[target].option("recipe"))
+                            recipe=recipe or (target and TARGETS[target].options.recipe)
                             or (chosen.recipe if chosen else DEFAULT_RECIPE),
                             target=target or (chosen.target if chosen else DEFAULT_TARGET),
                             output_dir=output_dir,
                             context=context if context is not None else (chosen.context if chosen else None),
                             validate=not no_validate, name=name, task=task, device=device,
                             memory_check=not skip_memory_check, formats=tuple(formats),
-                            single_file=single_file)
+                            single_file=single_file, calibration=calibration)
     result = run_export(request, Progress(STAGES, emit=say))
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle), "size_bytes": result.size_bytes,

@@ -154,7 +154,8 @@ def targets(as_json):
 
     problems = {name: sdk_problem(target) for name, target in TARGETS.items()}
     if as_json:
-        click.echo(json.dumps({n: {**t.__dict__, "sdk_available": problems[n] is None, "sdk_problem": problems[n]}
+        click.echo(json.dumps({n: {**t.__dict__, "options": t.options.to_dict(), "sdk_available": problems[n] is None,
+                                   "sdk_problem": problems[n]}
                                for n, t in TARGETS.items()}, indent=2))
         return
     for name, target in TARGETS.items():

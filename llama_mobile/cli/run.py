@@ -34,7 +34,7 @@ def generate(bundle, prompt, max_new_tokens, temperature, raw, as_json):
 
     verified = verify_bundle(bundle)
     # The message cannot write control tokens (<|im_end|>, <|eot_id|>...); --raw sends the caller's text as is.
-    text = prompt if raw else chat_prompt(vars(verified.chat_template), prompt)
+    text = prompt if raw else chat_prompt(verified.chat_template, prompt)
     n_prompt = len(Tokenizer(verified.tokenizer).encode(text))
     context = verified.context_length
     if n_prompt >= context:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from llama_mobile.cli.common import FilePath, Finite, quiet_libraries, say
+from llama_mobile.core.reports import ValidationReport
 
 
 @click.command()
@@ -52,28 +53,27 @@ def validate(bundle, reference, text, prompts, guard_prompts, positions, gate_on
                                 guard_prompts=guard_prompts)
     report = run_validation(request, Progress(STAGES, emit=say))
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         _print_validation(report)
-    if not report["passed"]:
-        failures = report["references"][report["gate_on"]]["failures"]
-        raise ParityFailure("; ".join(failures), path=bundle, fix="use a milder recipe or relax a threshold")
+    if not report.passed:
+        raise ParityFailure("; ".join(report.failures), path=bundle, fix="use a milder recipe or relax a threshold")
 
 
-def _print_validation(report: dict) -> None:
-    rows = [("metric", *report["references"])]
+def _print_validation(report: ValidationReport) -> None:
+    rows = [("metric", *report.references)]
     names = ("top1_agreement", "top5_overlap", "cosine_mean", "kl_mean", "kl_p99", "ppl_reference",
              "ppl_candidate", "ppl_ratio")
     for name in names:
-        rows.append((name, *(f"{r['metrics'][name]:.4f}" for r in report["references"].values())))
+        rows.append((name, *(f"{r['metrics'][name]:.4f}" for r in report.references.values())))
     for row in rows:
         click.echo(f"{row[0]:16s}" + "".join(f"{cell:>14s}" for cell in row[1:]))
-    if "guard" in report:
-        click.echo(f"guard verdict agreement {report['guard']['verdict_agreement']:.0%}, categories "
-                   f"{report['guard']['category_agreement']:.0%} over {report['guard']['conversations']} conversations")
-    g = report["generation"]
-    click.echo(f"greedy match: mean {g['mean_match']:.1f}/{g['tokens']} tokens over {g['prompts']} prompts "
-               f"({g['exact']} identical)")
-    gated = report["references"][report["gate_on"]]
-    click.echo(f"gate vs {report['gate_on']}: {'PASS' if gated['passed'] else 'FAIL'}"
-               + "".join(f"\n  {f}" for f in gated["failures"]))
+    if report.guard is not None:
+        g = report.guard
+        click.echo(f"guard verdict agreement {g.verdict_agreement:.0%}, categories {g.category_agreement:.0%} "
+                   f"over {g.conversations} conversations")
+    g = report.generation
+    click.echo(f"greedy match: mean {g.mean_match:.1f}/{g.tokens} tokens over {g.prompts} prompts "
+               f"({g.exact} identical)")
+    click.echo(f"gate vs {report.gate_on}: {'PASS' if report.passed else 'FAIL'}"
+               + "".join(f"\n  {f}" for f in report.failures))

@@ -45,6 +45,14 @@ class ModelInfo:
     source: dict[str, Any]  # {"format", "files": [{"path", "size", "sha256"}]}
     history: list[dict] = field(default_factory=list)
 
+    @property
+    def source_format(self) -> str:
+        return self.source["format"]
+
+    @property
+    def source_paths(self) -> list[Path]:
+        return [Path(entry["path"]) for entry in self.source["files"]]
+
 
 @dataclass
 class TargetInfo:
@@ -97,6 +105,19 @@ class Manifest:
     @property
     def size_bytes(self) -> int:
         return sum(entry.size for entry in self.files.values())
+
+    # The recipe section is the recipe's own versioned dict (quantize/recipe.py); what readers need of it:
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.recipe.get("thresholds", {}))
+
+    @property
+    def dtype(self) -> str:
+        return self.recipe.get("dtype", "fp32")
+
+    @property
+    def linear_scheme(self) -> str:
+        return self.recipe["linear"]["scheme"]
 
     def to_dict(self) -> dict:
         runtime = dataclasses.asdict(self.runtime)

@@ -14,15 +14,13 @@ LLAMA3_ROPE = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A single-turn prompt format; apps reproduce it from the manifest."""
+    """A single-turn prompt format; apps reproduce it from the manifest. Filled only by
+    core.tokenizer.chat_prompt, which keeps user text from spelling control tokens."""
 
     name: str
     prefix: str  # before the first user turn (BOS, default system turn)
     user: str  # "{content}" is replaced by the message
     assistant_start: str  # the generation prompt
-
-    def format(self, prompt: str) -> str:
-        return self.prefix + self.user.replace("{content}", prompt) + self.assistant_start
 
 
 CHATML_SMOL = ChatTemplate(

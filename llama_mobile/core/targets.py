@@ -1,10 +1,42 @@
 """Lowering targets: one literal per backend configuration the exporter knows."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from llama_mobile.core.errors import UsageError
+from llama_mobile.core.errors import ConfigError, UsageError
 from llama_mobile.core.schemes import Scheme
+
+
+COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_ne", "cpu_and_gpu")  # Core ML's load-time preference
+DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """Backend settings, typed; None means the backend does not use the setting. Checked when the registry
+    is built, so a misspelt value fails at import, not as a silent default in the middle of an export."""
+
+    dtypes: tuple[str, ...] = ("fp32",)  # what the graph may compute in; the first is the backend's preference
+    recipe: str | None = None  # the default recipe when --recipe is not given
+    deployment_target: str | None = None  # Core ML
+    compute_units: str | None = None  # Core ML
+    state: bool | None = None  # Core ML: the KV cache as Core ML state (iOS 18)
+    chip: str | None = None  # NPUs: the SoC, from the --device preset
+
+    def problems(self) -> list[str]:
+        found = [f"dtype {d!r} is not one of {', '.join(DTYPES)}" for d in self.dtypes if d not in DTYPES]
+        if self.compute_units is not None and self.compute_units not in COMPUTE_UNITS:
+            found.append(f"compute_units {self.compute_units!r} is not one of {', '.join(COMPUTE_UNITS)}")
+        if self.deployment_target is not None and self.deployment_target not in DEPLOYMENT_TARGETS:
+            found.append(f"deployment_target {self.deployment_target!r} is not one of {', '.join(DEPLOYMENT_TARGETS)}")
+        return found
+
+    def to_dict(self) -> dict:
+        """What the manifest records: the settings this target uses."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -16,12 +48,8 @@ class Target:
     linear_schemes: tuple[Scheme, ...]
     embedding_schemes: tuple[Scheme, ...]
     min_os: str | None = None
-    # Backend-specific settings (Core ML compute units and state, QNN SoC, ...), read by export/backends/.
-    options: tuple[tuple[str, object], ...] = ()
+    options: TargetOptions = TargetOptions()
     experimental: bool = False
-
-    def option(self, key: str, default=None):
-        return dict(self.options).get(key, default)
 
 
 TARGETS: dict[str, Target] = {
@@ -35,7 +63,7 @@ TARGETS: dict[str, Target] = {
             embedding_schemes=(Scheme.FP32, Scheme.W8, Scheme.W4),
             # fp16 runs in XNNPACK's f16 kernels; bf16 lowers but ExecuTorch 1.5's XNNPACK leaves its
             # matmuls to portable kernels (a size/quality baseline, not a fast artifact).
-            options=(("dtypes", ("fp32", "fp16", "bf16")),),
+            options=TargetOptions(dtypes=("fp32", "fp16", "bf16")),
         ),
         # NPU targets: the backend's own PT2E quantizer quantizes the whole graph (recipes with a [pt2e]
         # section), so torchao leaves every layer float. The SoC ("chip") comes from --device.
@@ -45,7 +73,7 @@ TARGETS: dict[str, Target] = {
             summary="Qualcomm Hexagon NPU through QNN (needs the QNN SDK; SoC from --device)",
             linear_schemes=(Scheme.FP32,),
             embedding_schemes=(Scheme.FP32,),
-            options=(("recipe", "qnn-16a4w"),),  # the default when --recipe is not given
+            options=TargetOptions(recipe="qnn-16a4w"),  # the default when --recipe is not given
         ),
         Target(
             name="neuropilot",
@@ -53,7 +81,7 @@ TARGETS: dict[str, Target] = {
             summary="MediaTek APU through NeuroPilot (needs the NeuroPilot SDK; platform from --device)",
             linear_schemes=(Scheme.FP32,),
             embedding_schemes=(Scheme.FP32,),
-            options=(("recipe", "neuropilot-16a4w"),),  # the default when --recipe is not given
+            options=TargetOptions(recipe="neuropilot-16a4w"),  # the default when --recipe is not given
         ),
         Target(
             name="vulkan",
@@ -73,8 +101,8 @@ TARGETS: dict[str, Target] = {
             linear_schemes=(Scheme.FP32, Scheme.W8),
             embedding_schemes=(Scheme.FP32, Scheme.W8),
             min_os="iOS 17",
-            options=(("deployment_target", "iOS17"), ("compute_units", "all"), ("state", False),
-                     ("dtypes", ("fp16",)), ("recipe", "coreml-8w")),
+            options=TargetOptions(deployment_target="iOS17", compute_units="all", state=False, dtypes=("fp16",),
+                                  recipe="coreml-8w"),
         ),
         *(Target(
             name=f"coreml-ios18{suffix}",
@@ -83,14 +111,24 @@ TARGETS: dict[str, Target] = {
             linear_schemes=(Scheme.FP32, Scheme.W8, Scheme.W4),
             embedding_schemes=(Scheme.FP32, Scheme.W8, Scheme.W4),
             min_os="iOS 18",
-            options=(("deployment_target", "iOS18"), ("compute_units", units), ("state", True),
-                     ("dtypes", ("fp16",)), ("recipe", "coreml-int4")),
+            options=TargetOptions(deployment_target="iOS18", compute_units=units, state=True, dtypes=("fp16",),
+                                  recipe="coreml-int4"),
         ) for suffix, units, units_text in (("", "all", "all compute units"),
                                             ("-cpu-ne", "cpu_and_ne", "CPU + Neural Engine only"),
                                             ("-cpu-gpu", "cpu_and_gpu", "CPU + GPU only"))),
     )
 }
 DEFAULT_TARGET = "xnnpack"
+
+
+def check_registry(targets: dict[str, Target]) -> None:
+    """Every target's options, when the registry is built (a bad entry is this tool's bug, found at import)."""
+    problems = [f"target {t.name}: {p}" for t in targets.values() for p in t.options.problems()]
+    if problems:
+        raise ConfigError(problems, fix="correct the entry in llama_mobile/core/targets.py")
+
+
+check_registry(TARGETS)
 
 
 def get_target(name: str) -> Target:

@@ -20,6 +20,7 @@ from llama_mobile.core.errors import ResourceError, RuntimeFailure, UsageError
 from llama_mobile.core.bundle import Bundle, verify_bundle
 from llama_mobile.core.manifest import Manifest
 from llama_mobile.core.progress import Progress
+from llama_mobile.core.reports import OURS, PEER, BenchReport
 from llama_mobile.core.tokenizer import Tokenizer
 from llama_mobile.runtime_harness import native_runner
 from llama_mobile.runtime_harness.parity import CORPUS
@@ -132,12 +133,36 @@ def ratios(ours: dict, peer: dict) -> dict:
             for length in ours if length in peer}
 
 
-def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
+@dataclass
+class Prepared:
+    bundle: Bundle
+    prompts: dict[int, Prompt]
+    runtime: str
 
-    progress = progress or Progress(STAGES)
-    with progress.stage("prepare"):
+
+class BenchJob:
+    def __init__(self, request: BenchRequest, progress: Progress | None = None):
+        self.request = request
+        self.progress = progress or Progress(STAGES)
+
+    def run(self) -> BenchReport:
+        request, progress = self.request, self.progress
+        with progress.stage("prepare"):
+            prepared = self.prepare()
+        sides = {OURS: ("native" if prepared.runtime == "native" else "executorch", prepared.bundle)}
+        if request.llama_cpp_gguf:
+            sides[PEER] = ("llama.cpp", request.llama_cpp_gguf)
+        with progress.stage("measure", f"{' and '.join(sides)}: {len(prepared.prompts)} prompt lengths x "
+                                       f"{request.runs} runs"):
+            report = self.measure(prepared, sides)
+        if request.llama_cpp_gguf and request.quality:
+            with progress.stage("quality", "both sides against the FP32 reference"):
+                report.quality = quality_against_peer(prepared.bundle, request.llama_cpp_gguf)
+        return report
+
+    def prepare(self) -> Prepared:
+        request = self.request
         bundle = verify_bundle(request.bundle)
-        manifest = bundle.manifest
         tokenizer = Tokenizer(bundle.tokenizer)
         scratch = Path(tempfile.mkdtemp(prefix="llama-mobile-bench-"))
         prompts = {}
@@ -148,24 +173,24 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> dict:
             ids = prompt_of_length(tokenizer, length)
             prompts[length] = Prompt(scratch / f"prompt-{length}.txt", ids)
             prompts[length].text_file.write_text(tokenizer.decode(ids), encoding="utf-8")
-        runtime = resolve_runtime(request.runtime, bundle.backend, manifest.recipe.get("dtype", "fp32"),
+        runtime = resolve_runtime(request.runtime, bundle.backend, bundle.manifest.dtype,
                                   request.bundle)
         if runtime == "native":
-            progress.note("building the native runner (once per ExecuTorch version)")
+            self.progress.note("building the native runner (once per ExecuTorch version)")
             native_runner.build()
-    report = {"bundle": str(request.bundle), "runtime": runtime, "threads": request.threads, "runs": request.runs,
-              "warmup": request.warmup, "new_tokens": request.new_tokens,
-              "size_bytes": {"executorch": model_bytes(manifest)}}
-    sides = {"executorch": ("native" if runtime == "native" else "executorch", bundle)}
-    if request.llama_cpp_gguf:
-        sides["llama.cpp"] = ("llama.cpp", request.llama_cpp_gguf)
-    with progress.stage("measure", f"{' and '.join(sides)}: {len(prompts)} prompt lengths x {request.runs} runs"):
-        report.update(run_sides(sides, prompts, request, progress))
-    if request.llama_cpp_gguf:
-        report["size_bytes"]["llama.cpp"] = request.llama_cpp_gguf.stat().st_size
-        report["ratios"] = ratios(report["executorch"], report["llama.cpp"])
-        report["ratios_size"] = report["size_bytes"]["executorch"] / report["size_bytes"]["llama.cpp"]
-        if request.quality:
-            with progress.stage("quality", "both sides against the FP32 reference"):
-                report["quality"] = quality_against_peer(bundle, request.llama_cpp_gguf)
-    return report
+        return Prepared(bundle, prompts, runtime)
+
+    def measure(self, prepared: Prepared, sides: dict[str, tuple[str, Bundle | Path]]) -> BenchReport:
+        request = self.request
+        report = BenchReport(bundle=str(request.bundle), runtime=prepared.runtime, threads=request.threads,
+                             runs=request.runs, warmup=request.warmup, new_tokens=request.new_tokens,
+                             size_bytes={OURS: model_bytes(prepared.bundle.manifest)},
+                             figures=run_sides(sides, prepared.prompts, request, self.progress))
+        if request.llama_cpp_gguf:
+            report.size_bytes[PEER] = request.llama_cpp_gguf.stat().st_size
+            report.ratios = ratios(report.figures[OURS], report.figures[PEER])
+        return report
+
+
+def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchReport:
+    return BenchJob(request, progress).run()

@@ -27,6 +27,7 @@ from llama_mobile.export.backends.base import Backend, Extras
 from llama_mobile.export.bundle import PARITY_NAME, PROGRAM_NAME, WEIGHTS_NAME, bundle_name, write_json, \
     write_manifest, write_payload
 from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.config_fields import read_user_text
 from llama_mobile.export.loaded import LoadedModel
 from llama_mobile.export.lower import LoweredProgram, lower, runner_metadata
 from llama_mobile.export.model import build_model, load_custom_ops, skeleton
@@ -34,11 +35,12 @@ from llama_mobile.export.stream_build import fill_streaming
 from llama_mobile.jobs.plan import Plan, plan
 from llama_mobile.jobs.preflight import check_export_fits
 from llama_mobile.quantize.apply import PartQuantizer
+from llama_mobile.quantize.calibrate import Calibrator, calibration_windows, text_sha256
 from llama_mobile.quantize.pt2e import quantize_for_target
 from llama_mobile.quantize.recipe import Recipe, check_recipe_fits, load_recipe
 from llama_mobile.runtime_harness.guard_prompt import guard_template_for_manifest
 from llama_mobile.runtime_harness.measure import keeps_eager_model, measure_parity
-from llama_mobile.runtime_harness.parity import eval_token_ids, gate, reference_logits
+from llama_mobile.runtime_harness.parity import CORPUS_DIR, eval_token_ids, gate, reference_logits
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class ExportRequest:
     # Keep every weight inside model.pte (no model.ptd): ExecuTorch's iOS TextLLMRunner takes no data
     # file. A tied embedding/output matrix is then stored twice. Apple --device presets imply it.
     single_file: bool = False
+    # Calibration text for a recipe with [calibration] (default: runtime_harness/corpus/calibration.txt).
+    calibration: Path | None = None
 
 
 @dataclass
@@ -104,7 +108,7 @@ def check_request(request: ExportRequest):
         raise UsageError(f"target {target.name} cannot run {', '.join(unsupported)} as delegated kernels",
                          fix=f"use schemes {', '.join(target.linear_schemes)} for {target.name}"
                              + _other_targets_hint(recipe, target))
-    dtypes = target.option("dtypes", ("fp32",))
+    dtypes = target.options.dtypes
     if recipe.dtype not in dtypes:
         raise UsageError(f"target {target.name} computes in {'/'.join(dtypes)}, recipe {recipe.name!r} in "
                          f"{recipe.dtype}", fix=f"use a recipe with dtype = {dtypes[0]!r} (`llama-mobile recipes`)")
@@ -116,6 +120,11 @@ def check_request(request: ExportRequest):
     if preset is not None:
         check_recipe_fits(recipe, linear_widths(preset.architecture), preset.architecture.dim)
 
+    if request.calibration is not None:
+        if recipe.calibration is None:
+            raise UsageError(f"--calibration needs a recipe with a [calibration] section; {recipe.name!r} has none",
+                             fix="use --recipe 8da4w-mixed-imatrix (or add [calibration] to the recipe)")
+        read_user_text(request.calibration, what="calibration text")  # unreadable: stop before loading
     backend.check_environment(target)  # a missing SDK stops here, before any weight is read
     check_writable(request.output_dir)
     if request.name is not None:  # now, not after the lowering; a default name is known once loaded
@@ -171,6 +180,7 @@ class Built:
     reference: torch.Tensor | None  # fp32 eager logits on token_ids, for the gate
     torchao_configs: dict
     pt2e_record: dict
+    calibration_record: dict = field(default_factory=dict)
 
 
 class ExportJob:
@@ -248,16 +258,42 @@ class ExportJob:
             torchao_configs = {}
         else:  # float weights of one block at a time: the peak is the quantized model plus one block
             model = skeleton(arch, loaded.context, **options)
-            quantizer = PartQuantizer(model, recipe, tied=arch.tied_embeddings)
+            calibrator = Calibrator.create(recipe.calibration) if recipe.calibration else None
+            calibration_ids, calibration_record = self._calibration_tokens(recipe, loaded)
+            quantizer = PartQuantizer(model, recipe, tied=arch.tied_embeddings, calibrator=calibrator)
             reference = fill_streaming(model, loaded.model.state_dict, quantize_part=quantizer.quantize,
+                                       calibration_ids=calibration_ids, observe=quantizer.observe,
                                        token_ids=token_ids if request.validate else None,
                                        on_part=lambda part: self.progress.note(
-                                           f"{part} done (peak RSS {peak_rss_bytes() / 2**30:.2f} GiB)"))
+                                           f"{part} done{_calibrated_note(quantizer, part)} "
+                                           f"(peak RSS {peak_rss_bytes() / 2**30:.2f} GiB)"))
             loaded.model.state_dict = {}
             torchao_configs, pt2e_record = quantizer.finish(), {}
+            if calibrator is not None:
+                calibration_record["calibrated_layers"] = len(quantizer.calibrated)
         if checked.backend.casts_model_dtype and recipe.dtype != "fp32":
             model = model.to(DTYPES[recipe.dtype])
-        return Built(model, token_ids, reference, torchao_configs, pt2e_record)
+        return Built(model, token_ids, reference, torchao_configs, pt2e_record,
+                     calibration_record if recipe.pt2e is None else {})
+
+    def _calibration_tokens(self, recipe: Recipe, loaded: Loaded) -> tuple[list[list[int]] | None, dict]:
+        """The calibration sequences and what the manifest records of them (text, SHA-256, tokens)."""
+        request, calibration = self.request, recipe.calibration
+        if calibration is None:
+            return None, {}
+        path = request.calibration or CALIBRATION_TEXT
+        text = read_user_text(path, what="calibration text")
+        ids = loaded.tokenizer.encode(text)
+        bos = loaded.model.specials.bos_id
+        sequences = calibration_windows(ids, calibration, loaded.context, bos)
+        used = sum(len(s) for s in sequences)
+        if used < calibration.tokens:
+            raise UsageError(f"the calibration text gives {len(ids)} tokens; recipe {recipe.name!r} asks for "
+                             f"{calibration.tokens}", path=path, fix="pass a longer --calibration text")
+        self.progress.note(f"calibration: {calibration.method}, {len(sequences)} sequences x "
+                           f"{len(sequences[0])} tokens of {path.name}")
+        return sequences, {"text": path.name if request.calibration is None else str(path),
+                           "text_sha256": text_sha256(text), "text_tokens": len(ids), "tokens_used": used}
 
     def lower(self, checked: Checked, loaded: Loaded, built: Built) -> LoweredProgram:
         request, arch, target = self.request, loaded.arch, checked.target
@@ -329,9 +365,11 @@ class ExportJob:
                                     "files": [dataclasses.asdict(s) for s in model.sources]},
                             history=model.history),
             recipe={**recipe.to_dict(), "torchao_configs": built.torchao_configs,
-                    **({"pt2e_quantizer": built.pt2e_record} if built.pt2e_record else {})},
+                    **({"pt2e_quantizer": built.pt2e_record} if built.pt2e_record else {}),
+                    **({"calibration": {**recipe.to_dict()["calibration"], **built.calibration_record}}
+                       if built.calibration_record else {})},
             target=TargetInfo(name=target.name, backend=target.backend, min_os=target.min_os,
-                              options=dict(target.options)),
+                              options=target.options.to_dict()),
             runtime=RuntimeInfo(
                 program=PROGRAM_NAME, weights=WEIGHTS_NAME if lowered.weights else None,
                 context_length=loaded.context, max_seq_len=max_seq_len, metadata=metadata,
@@ -354,6 +392,14 @@ class ExportJob:
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+CALIBRATION_TEXT = CORPUS_DIR / "calibration.txt"  # public domain; never the parity text (alice.txt)
+
+
+def _calibrated_note(quantizer: PartQuantizer, part: str) -> str:
+    if quantizer.calibrator is None:
+        return ""
+    done = sum(name.startswith(part + ".") for name in quantizer.calibrated)
+    return f", {done} linears calibrated ({quantizer.calibrator.calibration.method})" if done else ""
 
 
 def run_export(request: ExportRequest, progress: Progress | None = None) -> ExportResult:

@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.atomic import check_replaceable, check_writable, is_pruned_checkpoint, staged_directory
 from llama_mobile.core.errors import UsageError
 from llama_mobile.core.hashing import sha256_file
@@ -24,6 +27,7 @@ from llama_mobile.core.tokenizer import Tokenizer, check_vocab
 from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.config_fields import read_user_text
 from llama_mobile.export.hf_writer import write_hf_checkpoint
+from llama_mobile.export.loaded import LoadedModel
 from llama_mobile.export.model import build_model
 from llama_mobile.quantize.prune import attention, blocks, mlp, vocab
 from llama_mobile.quantize.prune.blocks import BLOCK_METHODS
@@ -33,7 +37,7 @@ from llama_mobile.quantize.prune.distill import (
     kl_divergence,
     window_logits,
 )
-from llama_mobile.quantize.prune.importance import measure_importance
+from llama_mobile.quantize.prune.importance import Importance, measure_importance
 from llama_mobile.quantize.prune.report import REPORT_NAME, full_report, history_entry
 from llama_mobile.runtime_harness.guard_prompt import LLAMA_GUARD_3_1B_CATEGORIES
 from llama_mobile.runtime_harness.metrics import perplexity
@@ -195,13 +199,62 @@ def check_against(request: PruneRequest, arch, tokenizer, eos_ids) -> list[int] 
                                    [c.code for c in LLAMA_GUARD_3_1B_CATEGORIES])
 
 
-def run_prune(request: PruneRequest, progress: Progress | None = None) -> PruneResult:
+@dataclass
+class Source:
+    """The loaded checkpoint in float, with the text windows the job measures on."""
 
-    progress = progress or Progress(STAGES)
-    output = Path(request.output)
-    with progress.stage("check"):
-        check_prune_request(request)
-    with progress.stage("load", str(request.checkpoint or "embedded weights")):
+    loaded: LoadedModel
+    arch: Architecture
+    tokenizer: Tokenizer
+    state: dict[str, torch.Tensor]
+    calibration: list[list[int]]
+    evaluate: list[list[int]]
+    calibration_info: dict
+    keep_ids: list[int] | None
+
+
+@dataclass
+class Calibrated:
+    reference: torch.nn.Module  # the unpruned model, scoring every position
+    before: dict  # its quality on the evaluation windows
+    importance: Importance | None
+
+
+@dataclass
+class Pruned:
+    arch: Architecture
+    state: dict[str, torch.Tensor]
+    removed: dict
+    quality: dict  # the pruned model's quality before any distillation
+    distillation: dict | None = None
+    distilled: dict | None = None
+
+
+class PruneJob:
+    def __init__(self, request: PruneRequest, progress: Progress | None = None):
+        self.request = request
+        self.progress = progress or Progress(STAGES)
+
+    def run(self) -> PruneResult:
+        request, progress = self.request, self.progress
+        with progress.stage("check"):
+            check_prune_request(request)
+        with progress.stage("load", str(request.checkpoint or "embedded weights")):
+            source = self.load()
+        by_importance = bool((request.drop_blocks and request.block_choice == "importance") or request.mlp_hidden
+                             or request.kv_heads is not None)
+        with progress.stage("calibrate", f"{len(source.calibration)} windows" if by_importance
+                            else "nothing to measure"):
+            calibrated = self.calibrate(source, by_importance)
+        with progress.stage("prune"):
+            pruned = self.prune(source, calibrated)
+        with progress.stage("distill", f"{request.distill_steps} steps" if request.distill_steps else "skipped"):
+            if request.distill_steps:
+                self.distill(source, calibrated, pruned)
+        return self.write(source, calibrated, pruned)
+
+    def load(self) -> Source:
+        request = self.request
         loaded = load_checkpoint(request.model, request.checkpoint)
         if request.task:
             loaded.task = request.task
@@ -210,22 +263,23 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> PruneR
         check_vocab(tokenizer, original.vocab_size)
         state = {k: v.float() for k, v in loaded.state_dict.items()}
         loaded.state_dict = {}
-        bos = loaded.specials.bos_id
-        calibration, evaluate, calibration_info = split_windows(request, tokenizer, bos)
+        calibration, evaluate, calibration_info = split_windows(request, tokenizer, loaded.specials.bos_id)
         keep_ids = check_against(request, original, tokenizer, loaded.specials.eos_ids)
-        progress.note(f"{loaded.preset}: {original.n_layers} blocks, {original.param_count() / 1e6:.0f}M parameters; "
-                      f"{len(calibration)} calibration and {len(evaluate)} evaluation windows of {request.seq_len}")
-    reference = eager(original, request.seq_len, state)
-    by_importance = (request.drop_blocks and request.block_choice == "importance") or request.mlp_hidden \
-        or request.kv_heads is not None
-    importance = None
-    with progress.stage("calibrate", f"{len(calibration)} windows" if by_importance else "nothing to measure"):
-        before = quality(reference, reference, evaluate)
-        progress.note(f"unpruned: perplexity {before['perplexity']}")
-        if by_importance:
-            importance = measure_importance(reference, calibration)
-    with progress.stage("prune"):
-        arch, removed = original, {}
+        self.progress.note(f"{loaded.preset}: {original.n_layers} blocks, {original.param_count() / 1e6:.0f}M "
+                           f"parameters; {len(calibration)} calibration and {len(evaluate)} evaluation windows of "
+                           f"{request.seq_len}")
+        return Source(loaded, original, tokenizer, state, calibration, evaluate, calibration_info, keep_ids)
+
+    def calibrate(self, source: Source, by_importance: bool) -> Calibrated:
+        reference = eager(source.arch, self.request.seq_len, source.state)
+        before = quality(reference, reference, source.evaluate)
+        self.progress.note(f"unpruned: perplexity {before['perplexity']}")
+        importance = measure_importance(reference, source.calibration) if by_importance else None
+        return Calibrated(reference, before, importance)
+
+    def prune(self, source: Source, calibrated: Calibrated) -> Pruned:
+        request, original, importance = self.request, source.arch, calibrated.importance
+        arch, state, removed = original, source.state, {}
         dropped = blocks.choose_blocks(original.n_layers, count=request.drop_blocks, at=request.drop_blocks_at,
                                        method=request.block_choice,
                                        influence=importance.block if importance else None)
@@ -244,46 +298,61 @@ def run_prune(request: PruneRequest, progress: Progress | None = None) -> PruneR
             state, arch = attention.prune_kv_groups(state, arch, keep)
             removed["kv_groups"] = {"kept_per_block": [k.tolist() for k in keep], "n_kv_heads": request.kv_heads,
                                     "criterion": "attention-output norm of the group's query heads"}
-        if keep_ids is not None:
-            ids = keep_ids
+        if source.keep_ids is not None:
+            ids = source.keep_ids
             state, arch = vocab.prune_output(state, arch, ids)
             removed["output_vocabulary"] = {"kept": len(ids), "of": original.output_rows,
                                             "spec": request.keep_output_tokens, "token_ids": ids,
-                                            "tokens": [tokenizer.decode([i]) for i in ids]}
+                                            "tokens": [source.tokenizer.decode([i]) for i in ids]}
         arch.check()
         student = eager(arch, request.seq_len, state)
-        pruned = quality(student, reference, evaluate)
-        progress.note(f"pruned to {arch.n_layers} blocks, {arch.param_count() / 1e6:.0f}M parameters: "
-                      f"perplexity {pruned['perplexity']}, KL to original {pruned['kl_to_original']:.4f}")
-    distillation, distilled = None, None
-    resume_dir = output.parent / f".{output.name}.distill-state"
-    with progress.stage("distill", f"{request.distill_steps} steps" if request.distill_steps else "skipped"):
-        if request.distill_steps:
-            student, distillation, distilled = _distill(request, loaded, arch, state, reference, calibration,
-                                                        evaluate, resume_dir, progress)
-            state = {k: v for k, v in student.state_dict().items()
-                     if not (arch.tied_embeddings and k == "output.weight")}
-    name = request.name or (loaded.preset if loaded.preset.endswith("-pruned") else f"{loaded.preset}-pruned")
-    source = {"preset": loaded.preset, "format": loaded.source_format,
-              "files": [{"path": s.path, "sha256": s.sha256} for s in loaded.sources]}
-    quality_record = {"eval_text": calibration_info["eval_text"], "unpruned": before, "pruned": pruned,
-                      "distilled": distilled}
-    if pruned["perplexity"] and before["perplexity"]:
-        quality_record["perplexity_ratio_pruned"] = round(pruned["perplexity"] / before["perplexity"], 4)
-        if distilled:
-            quality_record["perplexity_ratio_distilled"] = round(distilled["perplexity"] / before["perplexity"], 4)
-    entry = history_entry(source, original, arch, removed or {"nothing": True}, quality_record)
-    report = full_report(entry, importance.to_dict() if importance else None, calibration_info, distillation,
-                         dict(progress.seconds))
-    with progress.stage("write", str(output)), staged_directory(output) as staging:
-        write_hf_checkpoint(staging, arch, state, tokenizer_path=loaded.tokenizer_path, bos_id=bos,
-                            eos_ids=loaded.specials.eos_ids, dtype=request.dtype,
-                            section={"name": name, "task": loaded.task, "history": [*loaded.history, entry]})
-        report["seconds"] = dict(progress.seconds)
-        report["peak_rss_bytes"] = peak_rss_bytes()
-        (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-    shutil.rmtree(resume_dir, ignore_errors=True)  # the checkpoint is written: nothing left to resume
-    return PruneResult(output=output, report=report, seconds=dict(progress.seconds))
+        pruned = quality(student, calibrated.reference, source.evaluate)
+        self.progress.note(f"pruned to {arch.n_layers} blocks, {arch.param_count() / 1e6:.0f}M parameters: "
+                           f"perplexity {pruned['perplexity']}, KL to original {pruned['kl_to_original']:.4f}")
+        return Pruned(arch, state, removed, pruned)
+
+    def distill(self, source: Source, calibrated: Calibrated, pruned: Pruned) -> None:
+        student, pruned.distillation, pruned.distilled = _distill(
+            self.request, source.loaded, pruned.arch, pruned.state, calibrated.reference, source.calibration,
+            source.evaluate, self.resume_dir, self.progress)
+        pruned.state = {k: v for k, v in student.state_dict().items()
+                        if not (pruned.arch.tied_embeddings and k == "output.weight")}
+
+    @property
+    def resume_dir(self) -> Path:
+        output = Path(self.request.output)
+        return output.parent / f".{output.name}.distill-state"
+
+    def write(self, source: Source, calibrated: Calibrated, pruned: Pruned) -> PruneResult:
+        request, loaded, progress = self.request, source.loaded, self.progress
+        output = Path(request.output)
+        name = request.name or (loaded.preset if loaded.preset.endswith("-pruned") else f"{loaded.preset}-pruned")
+        origin = {"preset": loaded.preset, "format": loaded.source_format,
+                  "files": [{"path": s.path, "sha256": s.sha256} for s in loaded.sources]}
+        before = calibrated.before
+        quality_record = {"eval_text": source.calibration_info["eval_text"], "unpruned": before,
+                          "pruned": pruned.quality, "distilled": pruned.distilled}
+        if pruned.quality["perplexity"] and before["perplexity"]:
+            quality_record["perplexity_ratio_pruned"] = round(pruned.quality["perplexity"] / before["perplexity"], 4)
+            if pruned.distilled:
+                quality_record["perplexity_ratio_distilled"] = round(
+                    pruned.distilled["perplexity"] / before["perplexity"], 4)
+        entry = history_entry(origin, source.arch, pruned.arch, pruned.removed or {"nothing": True}, quality_record)
+        report = full_report(entry, calibrated.importance.to_dict() if calibrated.importance else None,
+                             source.calibration_info, pruned.distillation, dict(progress.seconds))
+        with progress.stage("write", str(output)), staged_directory(output) as staging:
+            write_hf_checkpoint(staging, pruned.arch, pruned.state, tokenizer_path=loaded.tokenizer_path,
+                                bos_id=loaded.specials.bos_id, eos_ids=loaded.specials.eos_ids, dtype=request.dtype,
+                                section={"name": name, "task": loaded.task, "history": [*loaded.history, entry]})
+            report["seconds"] = dict(progress.seconds)
+            report["peak_rss_bytes"] = peak_rss_bytes()
+            (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        shutil.rmtree(self.resume_dir, ignore_errors=True)  # the checkpoint is written: nothing left to resume
+        return PruneResult(output=output, report=report, seconds=dict(progress.seconds))
+
+
+def run_prune(request: PruneRequest, progress: Progress | None = None) -> PruneResult:
+    return PruneJob(request, progress).run()
 
 
 def _distill(request, loaded, arch, state, reference, calibration, evaluate, resume_dir, progress):

@@ -10,6 +10,7 @@ from llama_mobile.core.bundle import Bundle, verify_bundle
 from llama_mobile.core.errors import ConfigError, UsageError
 from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
 from llama_mobile.core.progress import Progress
+from llama_mobile.core.reports import GenerationMatch, GuardAgreement, ValidationReport
 from llama_mobile.core.tokenizer import Tokenizer, chat_prompt
 from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.config_fields import parse_json, read_user_text
@@ -92,72 +93,110 @@ def read_guard_prompts(path: Path) -> list[list[dict]]:
     return conversations
 
 
-def run_validation(request: ValidationRequest, progress: Progress | None = None) -> dict:
+@dataclass
+class Inputs:
+    """What the verify stage reads from the bundle and the request, before any model is built."""
 
-    progress = progress or Progress(STAGES)
-    if request.gate_on not in REFERENCES:
-        raise UsageError(f"--gate-on {request.gate_on!r}", fix=f"use one of {', '.join(REFERENCES)}")
-    check_thresholds(request.thresholds)
-    with progress.stage("verify"):
+    bundle: Bundle
+    tokenizer: Tokenizer
+    token_ids: list[int]  # the evaluation text
+    prompt_ids: list[list[int]]  # the greedy-generation prompts, in the bundle's chat template
+
+
+@dataclass
+class References:
+    logits: dict[str, torch.Tensor]  # reference name -> eager logits on the evaluation text
+    greedy: dict[int, list[int]]  # prompt index -> the gated reference's greedy tokens
+    guard: list[dict] | None  # the gated reference's Guard verdicts (Guard bundles)
+
+
+class ValidationJob:
+    def __init__(self, request: ValidationRequest, progress: Progress | None = None):
+        self.request = request
+        self.progress = progress or Progress(STAGES)
+
+    def run(self) -> ValidationReport:
+        request, progress = self.request, self.progress
+        if request.gate_on not in REFERENCES:
+            raise UsageError(f"--gate-on {request.gate_on!r}", fix=f"use one of {', '.join(REFERENCES)}")
+        check_thresholds(request.thresholds)
+        with progress.stage("verify"):
+            inputs = self.verify()
+        load_custom_ops()
+        with progress.stage("reference", str(request.reference or "embedded weights")):
+            references = self.reference(inputs)
+        with progress.stage("program"):
+            program = Program.of(inputs.bundle)
+            report = self.gate(inputs, references, program)
+        with progress.stage("generation", f"{len(inputs.prompt_ids)} prompts x {request.generation_steps} tokens"):
+            report.generation = self.generation(inputs, references)
+        if references.guard is not None:
+            with progress.stage("guard", f"{len(references.guard)} conversations"):
+                self.guard(inputs, references, program, report)
+        return report
+
+    def verify(self) -> Inputs:
+        request = self.request
         bundle = verify_bundle(request.bundle)
-        manifest = bundle.manifest
         tokenizer = Tokenizer(bundle.tokenizer)
         context = bundle.context_length
         token_ids = eval_token_ids(tokenizer, min(request.positions, context), request.text,
-                                   bos_id=manifest.special_tokens.bos_id)
-        template = vars(bundle.chat_template)
+                                   bos_id=bundle.manifest.special_tokens.bos_id)
         prompts = read_prompts(request.prompts or PROMPTS)
         if request.guard_prompts is not None:
             read_guard_prompts(request.guard_prompts)  # a bad file fails here, not after the reference build
-        prompt_ids = [tokenizer.encode(chat_prompt(template, p)) for p in prompts]
-        steps = request.generation_steps
-        prompt_ids = [ids for ids in prompt_ids if len(ids) + steps < context]
-    load_custom_ops()
-    references, greedy_reference, guard_reference = {}, {}, None
-    with progress.stage("reference", str(request.reference or "embedded weights")):
+        prompt_ids = [tokenizer.encode(chat_prompt(bundle.chat_template, p)) for p in prompts]
+        prompt_ids = [ids for ids in prompt_ids if len(ids) + request.generation_steps < context]
+        return Inputs(bundle, tokenizer, token_ids, prompt_ids)
 
-        preset = manifest.model.preset  # a pruned model names itself; its shapes come from its config
+    def reference(self, inputs: Inputs) -> References:
+        request, bundle = self.request, inputs.bundle
+        preset = bundle.manifest.model.preset  # a pruned model names itself; its shapes come from its config
         loaded = load_checkpoint(preset if preset in MODEL_PRESETS else GENERIC_MODEL, request.reference)
-        state = loaded.state_dict
+        logits, greedy, guard = {}, {}, None
         for name, dtype in REFERENCES.items():
-            model = build_model(loaded.architecture, context, state, dtype=dtype)
-            references[name] = reference_logits(model, token_ids)
+            model = build_model(loaded.architecture, bundle.context_length, loaded.state_dict, dtype=dtype)
+            logits[name] = reference_logits(model, inputs.token_ids)
             if name == request.gate_on:
-                greedy_reference = {i: eager_greedy(model, ids, steps) for i, ids in enumerate(prompt_ids)}
+                greedy = {i: eager_greedy(model, ids, request.generation_steps)
+                          for i, ids in enumerate(inputs.prompt_ids)}
                 if bundle.is_guard:
-                    guard_reference = guard_verdicts(model, tokenizer, bundle, request)
+                    guard = guard_verdicts(model, inputs.tokenizer, bundle, request)
             del model
-    with progress.stage("program"):
-        program = Program.of(bundle)
-        candidate = program.logits_per_position(token_ids)
-    thresholds = {**manifest.recipe.get("thresholds", {}), **request.thresholds}
-    results = {}
-    for name, logits in references.items():
-        result = gate(compare_logits(logits, candidate, token_ids), thresholds, reference=f"{name} eager")
-        results[name] = result.to_dict()
-        progress.note(result.summary())
-    with progress.stage("generation", f"{len(prompt_ids)} prompts x {steps} tokens"):
-        matches = []
-        for i, ids in enumerate(prompt_ids):
-            got = program_greedy(Program.of(bundle), ids, steps)
-            matches.append(match_length(greedy_reference[i], got))
-    generation = {"prompts": len(matches), "tokens": steps, "match_lengths": matches,
-                  "mean_match": sum(matches) / max(len(matches), 1),
-                  "exact": sum(m == steps for m in matches)}
-    gated = results[request.gate_on]
-    report = {"bundle": str(request.bundle), "passed": gated["passed"], "gate_on": request.gate_on,
-              "thresholds": thresholds, "references": results, "generation": generation}
-    if guard_reference is not None:
-        with progress.stage("guard", f"{len(guard_reference)} conversations"):
-            report["guard"] = guard_agreement(guard_reference, guard_verdicts(program, tokenizer, bundle, request))
-        limit = thresholds.get("min_verdict_agreement", 1.0)
-        if report["guard"]["verdict_agreement"] < limit:
-            gated["failures"].append(f"verdict_agreement {report['guard']['verdict_agreement']:.4f} < {limit:.4f} "
-                                     f"(off by {limit - report['guard']['verdict_agreement']:.4f})")
-            gated["passed"] = report["passed"] = False
-        progress.note(f"guard: verdicts agree on {report['guard']['verdict_agreement']:.0%}, categories on "
-                      f"{report['guard']['category_agreement']:.0%} of {len(guard_reference)} conversations")
-    return report
+        return References(logits, greedy, guard)
+
+    def gate(self, inputs: Inputs, references: References, program: Program) -> ValidationReport:
+        request = self.request
+        candidate = program.logits_per_position(inputs.token_ids)
+        thresholds = {**inputs.bundle.manifest.thresholds, **request.thresholds}
+        results = {}
+        for name, logits in references.logits.items():
+            result = gate(compare_logits(logits, candidate, inputs.token_ids), thresholds, reference=f"{name} eager")
+            results[name] = result.to_dict()
+            self.progress.note(result.summary())
+        return ValidationReport(bundle=str(request.bundle), gate_on=request.gate_on, thresholds=thresholds,
+                                references=results,
+                                generation=GenerationMatch(0, request.generation_steps, []))
+
+    def generation(self, inputs: Inputs, references: References) -> GenerationMatch:
+        steps = self.request.generation_steps
+        matches = [match_length(references.greedy[i], program_greedy(Program.of(inputs.bundle), ids, steps))
+                   for i, ids in enumerate(inputs.prompt_ids)]
+        return GenerationMatch(prompts=len(matches), tokens=steps, match_lengths=matches)
+
+    def guard(self, inputs: Inputs, references: References, program: Program, report: ValidationReport) -> None:
+        report.guard = agreement = GuardAgreement(
+            references.guard, guard_verdicts(program, inputs.tokenizer, inputs.bundle, self.request))
+        limit = report.thresholds.get("min_verdict_agreement", 1.0)
+        if agreement.verdict_agreement < limit:
+            report.fail(f"verdict_agreement {agreement.verdict_agreement:.4f} < {limit:.4f} "
+                        f"(off by {limit - agreement.verdict_agreement:.4f})")
+        self.progress.note(f"guard: verdicts agree on {agreement.verdict_agreement:.0%}, categories on "
+                           f"{agreement.category_agreement:.0%} of {agreement.conversations} conversations")
+
+
+def run_validation(request: ValidationRequest, progress: Progress | None = None) -> ValidationReport:
+    return ValidationJob(request, progress).run()
 
 
 def guard_verdicts(model_or_program, tokenizer, bundle: Bundle, request: ValidationRequest) -> list[dict]:
@@ -169,14 +208,3 @@ def guard_verdicts(model_or_program, tokenizer, bundle: Bundle, request: Validat
     for turns in read_guard_prompts(request.guard_prompts or GUARD_PROMPTS):
         verdicts.append(classify(runner, tokenizer, format_guard_prompt(turns), eos).to_dict())
     return verdicts
-
-
-def guard_agreement(reference: list[dict], candidate: list[dict]) -> dict:
-    same_verdict = [r["verdict"] == c["verdict"] for r, c in zip(reference, candidate)]
-    same_categories = [r["verdict"] == c["verdict"] and r["categories"] == c["categories"]
-                       for r, c in zip(reference, candidate)]
-    return {"conversations": len(reference), "verdict_agreement": sum(same_verdict) / max(len(reference), 1),
-            "category_agreement": sum(same_categories) / max(len(reference), 1),
-            "p_unsafe_max_difference": max((abs(r["p_unsafe"] - c["p_unsafe"]) for r, c in zip(reference, candidate)),
-                                           default=0.0),
-            "reference": reference, "candidate": candidate}
