@@ -17,6 +17,7 @@ from llama_mobile.export.loaded import GGUF_FORMAT, HF_FORMAT, META_FORMAT, Load
 from llama_mobile.export.meta_loader import load_meta
 from llama_mobile.export.model import expected_shapes
 from llama_mobile.export.pages import release_pages
+from llama_mobile.export.prequantized import check_prequantized
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def load_checkpoint(model: str, checkpoint: Path | None, preflight=None) -> Load
     try:
         loaded = loader(checkpoint, preset, preflight=preflight)
         check_state_dict(loaded.state_dict, loaded.architecture, checkpoint, loaded.source_format)
+        check_prequantized(loaded.prequantized, loaded.state_dict, checkpoint)
     except (LlamaMobileError, KeyboardInterrupt):
         raise
     except MemoryError:

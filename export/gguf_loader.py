@@ -28,6 +28,7 @@ from llama_mobile.export.loaded import (
     describe_sources,
 )
 from llama_mobile.export.model import rope_scale_factors
+from llama_mobile.export.prequantized import gguf_quantization
 from llama_mobile.export.tensor_names import GGUF, GGUF_ARCH, META, MODEL_TENSOR, ROPE_FREQS, rename
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ def load_gguf(path: Path, preset: ModelPreset | None, preflight=None) -> LoadedM
     state = read_tensors(reader, path)
     if arch.tied_embeddings:
         state.pop("output.weight", None)
+    prequantized, quantization = gguf_quantization(reader, arch.tied_embeddings)  # Q8_0/Q4_0 kept as they are
     scratch = tempfile.TemporaryDirectory(prefix="llama-mobile-tok-")
     tokenizer = tokenizer_json_from_gguf(path, Path(scratch.name))
     specials, template = resolve_identity(preset, arch, bos, eos_ids)
@@ -227,5 +229,6 @@ def load_gguf(path: Path, preset: ModelPreset | None, preflight=None) -> LoadedM
         preset=preset.name if preset else "llama", architecture=arch, state_dict=state,
         tokenizer_path=tokenizer, specials=specials, chat_template=template,
         task=preset.task if preset else "chat", source_format=GGUF_FORMAT,
-        sources=describe_sources([path]), scratch=scratch,
+        sources=describe_sources([path]), scratch=scratch, prequantized=prequantized,
+        quantization=quantization,
     )

@@ -52,6 +52,24 @@ class SourceFile:
 
 
 @dataclass
+class PrequantizedTensor:
+    """A weight matrix a checkpoint already holds quantized, kept as it is (export/prequantized.py):
+    ``qdata`` the integers (int8 storage, [rows, columns]), ``scale`` one float32 scale per group of
+    ``group_size`` columns in a row ([rows, columns // group_size]; group_size = columns: per row),
+    symmetric (no zero point). ``source`` names what the file holds ("Q4_0", "Q8_0", Meta's "int4 g32")."""
+
+    qdata: torch.Tensor
+    scale: torch.Tensor
+    bits: int
+    group_size: int
+    source: str
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight the integers and scales stand for (scale x integer, one rounding)."""
+        return self.qdata.to(torch.float32) * self.scale.to(torch.float32).repeat_interleave(self.group_size, dim=1)
+
+
+@dataclass
 class LoadedModel:
     preset: str
     architecture: Architecture
@@ -66,6 +84,11 @@ class LoadedModel:
     history: list[dict] = field(default_factory=list)
     # Files a loader had to create (a GGUF's rebuilt tokenizer.json); removed with this object.
     scratch: object = None
+    # Weights the checkpoint holds quantized, kept as they are ({Meta weight name: record}); empty for a
+    # float checkpoint or one whose quantized types have no exact form (export/prequantized.py).
+    prequantized: dict[str, PrequantizedTensor] = field(default_factory=dict)
+    # What the file's quantization is and how it maps (types, scheme kept or nearest); {} for float files.
+    quantization: dict = field(default_factory=dict)
 
 
 def describe_sources(paths: list[Path]) -> list[SourceFile]:

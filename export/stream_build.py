@@ -70,8 +70,8 @@ def fill_streaming(model: Transformer, state_dict: dict[str, torch.Tensor], *,
     arch = model.arch
     tokens = torch.tensor([token_ids]) if token_ids else None
     hidden = None
-    if rotation is not None and arch.tied_embeddings != (model.output_mix is not None):
-        raise ValueError("a rotated model needs output_mix exactly when its embeddings are tied")
+    if (rotation is not None and rotation.mixes_output(arch.tied_embeddings)) != (model.output_mix is not None):
+        raise ValueError("the skeleton needs output_mix exactly when R1 rotates a tied embedding/output matrix")
 
     sources = _assign(model, "tok_embeddings", state_dict,
                       rotation and (lambda t: {"weight": rotation.embedding(t["weight"])}))
@@ -102,11 +102,11 @@ def fill_streaming(model: Transformer, state_dict: dict[str, torch.Tensor], *,
 
     if rotation is not None:  # the final norm's scale goes into the output layer, or output_mix when tied
         norm_weight = state_dict["norm.weight"]
-        sources = _assign(model, "norm", state_dict, lambda t: {"weight": torch.ones(t["weight"].shape)})
-        if arch.tied_embeddings:
+        sources = _assign(model, "norm", state_dict, lambda t: {"weight": rotation.final_norm(t["weight"])})
+        if model.output_mix is not None:
             model.output_mix.load_state_dict({"weight": rotation.output_mix(norm_weight)}, assign=True)
             model.output_mix.requires_grad_(False)
-        else:
+        if not arch.tied_embeddings:
             sources += _assign(model, "output", state_dict,
                                lambda t: {"weight": rotation.output(t["weight"], norm_weight)})
     else:

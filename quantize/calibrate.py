@@ -31,7 +31,6 @@ from torch import nn
 from llama_mobile.quantize.recipe import Calibration, LayerQuant
 
 SCALE_GRID = tuple(0.70 + 0.025 * i for i in range(21))  # x absmax/8: 0.70 .. 1.20
-STATIC_SCALES = False
 GPTQ_BLOCK = 128  # columns rounded between two lazy batch updates (GPTQ's B)
 
 
@@ -110,31 +109,33 @@ class HessianObserver:
 def weighted_group_scales(weight: torch.Tensor, importance: torch.Tensor, group_size: int, qmin: int,
                           qmax: int) -> torch.Tensor:
     """One scale per group of ``weight`` [rows, k] minimising sum_j importance_j (w_j - s q_j)^2,
-    q = clamp(round(w / s)): each candidate of a grid around absmax/8, refined by one weighted
-    least-squares step (HQQ's update with weights). Returns [rows, k // group_size]."""
+    q = clamp(round(w / s)): each candidate of a grid around absmax/8, and each refined by one weighted
+    least-squares step (HQQ's update with weights); the first best wins. Returns [rows, k // group_size]."""
     rows, k = weight.shape
-    w = weight.to(torch.float32).reshape(rows, k // group_size, group_size)
-    d = importance.to(torch.float32).reshape(1, k // group_size, group_size)
+    step = max(1, SEARCH_ELEMENTS // (len(SCALE_GRID) * k))
+    return torch.cat([_search(weight[a:a + step], importance, group_size, qmin, qmax)
+                      for a in range(0, rows, step)])
+
+
+SEARCH_ELEMENTS = 1 << 22  # candidates x weights per batch of rows
+
+
+def _search(weight: torch.Tensor, importance: torch.Tensor, group_size: int, qmin: int, qmax: int) -> torch.Tensor:
+    rows, k = weight.shape
+    w = weight.to(torch.float32).reshape(1, rows, k // group_size, group_size)
+    d = importance.to(torch.float32).reshape(1, 1, k // group_size, group_size)
     eps = torch.finfo(torch.float32).eps
-    base = (w.abs().amax(dim=2) / max(abs(qmin), abs(qmax))).clamp_min(eps)
-    best_scale, best_err = base.clone(), None
-    for factor in SCALE_GRID:
-        scale = base * factor
-        for refine in (False, True):
-            q = (w / scale.unsqueeze(-1)).round_().clamp_(qmin, qmax)
-            if refine:
-                num = (d * w * q).sum(dim=2)
-                den = (d * q * q).sum(dim=2)
-                scale = torch.where(den > 0, num / den.clamp_min(eps), scale).clamp_min(eps)
-                q = (w / scale.unsqueeze(-1)).round_().clamp_(qmin, qmax)
-            err = (d * (w - scale.unsqueeze(-1) * q).square()).sum(dim=2)
-            if best_err is None:
-                best_err, best_scale = err, scale
-            else:
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best_scale = torch.where(better, scale, best_scale)
-    return best_scale
+    base = (w.abs().amax(dim=3) / max(abs(qmin), abs(qmax))).clamp_min(eps)
+    grid = torch.tensor(SCALE_GRID, dtype=torch.float32).reshape(-1, 1, 1)
+    raw = base * grid  # [candidates, rows, groups]
+    q = (w / raw.unsqueeze(-1)).round_().clamp_(qmin, qmax)
+    num, den = (d * w * q).sum(dim=3), (d * q * q).sum(dim=3)
+    refined = torch.where(den > 0, num / den.clamp_min(eps), raw).clamp_min(eps)
+    scales = torch.stack([raw, refined], dim=1).flatten(0, 1)  # candidate order: raw, refined, raw, ...
+    q = (w / scales.unsqueeze(-1)).round_().clamp_(qmin, qmax)
+    err = (d * (w - scales.unsqueeze(-1) * q).square()).sum(dim=3)
+    best = err.argmin(dim=0, keepdim=True)  # the first of equal errors, as a strict "<" scan would keep
+    return scales.gather(0, best)[0]
 
 
 def _round(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -155,7 +156,7 @@ def imatrix_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: in
 
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, qmin: int, qmax: int, *,
-                  damp: float = 0.01, block: int = GPTQ_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+                  damp: float = 0.1, block: int = GPTQ_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ (torchao ``prototype/gptq`` ``gptq_quantize``, Algorithm 1) on CPU for symmetric integer
     groups; each group's scale is chosen by ``weighted_group_scales`` when the group is reached.
     Returns (int8 values [rows, k], scales [rows, k // group_size])."""
@@ -170,9 +171,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, 
     hinv = _upper_inverse_cholesky(h)
     del h
     q_all = torch.empty((rows, k), dtype=torch.int8)
-    static = STATIC_SCALES
-    scales = weighted_group_scales(w, importance, group_size, qmin, qmax) if static else \
-        torch.empty((rows, k // group_size), dtype=torch.float32)
+    scales = torch.empty((rows, k // group_size), dtype=torch.float32)
     block = max(group_size, block - block % group_size)
     for b0 in range(0, k, block):
         b1 = min(k, b0 + block)
@@ -181,19 +180,20 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, 
         hinv_cur = hinv[b0:b1, b0:b1]
         for g0 in range(b0, b1, group_size):
             g = g0 // group_size
-            if static:
-                scale = scales[:, g]
-            else:
-                scale = weighted_group_scales(cur[:, g0 - b0:g0 - b0 + group_size],
-                                              importance[g0:g0 + group_size], group_size, qmin, qmax)[:, 0]
-                scales[:, g] = scale
-            for j in range(g0 - b0, g0 - b0 + group_size):
-                col = cur[:, j]
+            scale = weighted_group_scales(cur[:, g0 - b0:g0 - b0 + group_size],
+                                          importance[g0:g0 + group_size], group_size, qmin, qmax)[:, 0]
+            scales[:, g] = scale
+            j0, j1 = g0 - b0, g0 - b0 + group_size
+            grp, hinv_grp = cur[:, j0:j1], hinv_cur[j0:j1, j0:j1]  # columns inside the group first
+            for j in range(group_size):
+                col = grp[:, j]
                 q = _round(col, scale, qmin, qmax)
-                q_all[:, b0 + j] = q.to(torch.int8)
-                err = (col - q * scale) / hinv_cur[j, j]
-                cur[:, j:].addr_(err, hinv_cur[j, j:], alpha=-1)
-                err_block[:, j] = err
+                q_all[:, g0 + j] = q.to(torch.int8)
+                err = (col - q * scale) / hinv_grp[j, j]
+                grp[:, j:].addr_(err, hinv_grp[j, j:], alpha=-1)
+                err_block[:, j0 + j] = err
+            if j1 < cur.shape[1]:  # then the rest of the block at once
+                cur[:, j1:].addmm_(err_block[:, j0:j1], hinv_cur[j0:j1, j1:], alpha=-1)
         if b1 < k:
             w[:, b1:].addmm_(err_block, hinv[b0:b1, b1:], alpha=-1)
     return q_all, scales

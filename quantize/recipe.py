@@ -81,7 +81,26 @@ class Calibration:
     tokens: int = 512  # calibration tokens, taken from the text as sequences of `sequence`
     sequence: int = 256  # tokens per sequence (each starts with BOS; capped at the context)
     seed: int = 0  # which windows of the text
-    damp: float = 0.01  # GPTQ's damping, a fraction of the mean Hessian diagonal
+    damp: float = 0.1  # GPTQ's damping, a fraction of the mean Hessian diagonal
+
+
+ROTATION_KINDS = ("hadamard",)
+# The dim x dim linear a rotated model with tied embeddings gets after its final norm (export/rotation.py);
+# it is quantized as the output layer.
+OUTPUT_MIX = "output_mix"
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """Function-preserving rotations of the float weights before quantization (QuaRot / SpinQuant R1, R2):
+    ``r1`` rotates the residual stream (RMSNorm scales folded into the linears), ``r2`` every value head.
+    ``online_down_proj`` (R4, an online Hadamard before w2) is not implemented yet."""
+
+    kind: str = "hadamard"  # randomized Hadamard matrices from a seeded generator
+    seed: int = 0
+    r1: bool = True
+    r2: bool = True
+    online_down_proj: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,11 +134,14 @@ class Recipe:
     version: int = RECIPE_SCHEMA_VERSION
     pt2e: Pt2eQuant | None = None  # set: the backend's PT2E quantizer does all quantization, not torchao
     calibration: Calibration | None = None  # set: calibrated int4 weights (`export --calibration FILE`)
+    rotation: Rotation | None = None  # set: the float weights are rotated before they are quantized
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         if self.calibration is None:  # recipes without it keep the manifest they always had
             del data["calibration"]
+        if self.rotation is None:
+            del data["rotation"]
         return data
 
     def shares_tied_weights(self) -> bool:
@@ -139,7 +161,7 @@ class Recipe:
         for override in self.overrides:
             if _compiled(override.pattern).fullmatch(module_name):
                 return override.quant
-        return self.output if module_name == "output" else self.linear
+        return self.output if module_name in ("output", OUTPUT_MIX) else self.linear
 
 
 MAX_RECIPE_BYTES = 1 << 20
@@ -151,7 +173,8 @@ def _compiled(pattern: str) -> SafePattern:
 
 
 _TOP_KEYS = {"name", "summary", "version", "dtype", "targets", "linear", "embedding", "output",
-             "overrides", "thresholds", "pt2e", "calibration"}
+             "overrides", "thresholds", "pt2e", "calibration", "rotation"}
+_ROTATION_KEYS = {"kind", "seed", "r1", "r2", "online_down_proj"}
 _PT2E_KEYS = {"quantizer", "scheme", "block_size"}
 _LAYER_KEYS = {"scheme", "group_size", "symmetric", "algorithm"}
 
@@ -247,6 +270,37 @@ def _calibration(section: object, linear: LayerQuant, overrides: list[Override],
     return Calibration(method=str(method), damp=float(damp), **values)
 
 
+def _rotation(section: object, data: dict, problems: list[str]) -> Rotation | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        problems.append("[rotation] must be a table")
+        return None
+    for key in sorted(set(section) - _ROTATION_KEYS):
+        problems.append(f"[rotation] unknown key {key!r}")
+    default = Rotation()
+    kind = section.get("kind", default.kind)
+    if kind not in ROTATION_KINDS:
+        problems.append(f"[rotation] kind {kind!r} is not one of {', '.join(ROTATION_KINDS)}")
+    seed = section.get("seed", default.seed)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
+        problems.append(f"[rotation] seed must be an integer in 0..2^31-1, got {seed!r}")
+        seed = 0
+    flags = {}
+    for key in ("r1", "r2", "online_down_proj"):
+        value = section.get(key, getattr(default, key))
+        if not isinstance(value, bool):
+            problems.append(f"[rotation] {key} must be true or false")
+        flags[key] = bool(value)
+    if flags["online_down_proj"]:
+        problems.append("[rotation] online_down_proj (an online Hadamard before w2) is not implemented yet")
+    if not (flags["r1"] or flags["r2"]):
+        problems.append("[rotation] needs r1 or r2 (or no [rotation] section)")
+    if data.get("pt2e") is not None:
+        problems.append("[rotation] is applied in the block-at-a-time torchao build, not with [pt2e]")
+    return Rotation(kind=str(kind), seed=seed, **flags)
+
+
 def parse_recipe(data: dict, source: str) -> Recipe:
     problems: list[str] = []
     for key in sorted(set(data) - _TOP_KEYS):
@@ -287,6 +341,7 @@ def parse_recipe(data: dict, source: str) -> Recipe:
         targets = ["xnnpack"]
     pt2e = _pt2e(data.get("pt2e"), data, targets, problems)
     calibration = _calibration(data.get("calibration"), linear, overrides, data.get("pt2e"), problems)
+    rotation = _rotation(data.get("rotation"), data, problems)
     thresholds = Thresholds()
     raw_thresholds = data.get("thresholds", {})
     if isinstance(raw_thresholds, dict):
@@ -307,7 +362,7 @@ def parse_recipe(data: dict, source: str) -> Recipe:
     return Recipe(name=name, summary=str(data.get("summary", "")), dtype=dtype, linear=linear,
                   embedding=embedding, output=output, overrides=tuple(overrides),
                   targets=tuple(targets), thresholds=thresholds, version=version, pt2e=pt2e,
-                  calibration=calibration)
+                  calibration=calibration, rotation=rotation)
 
 
 def read_recipe_file(path: Path) -> Recipe:

@@ -142,7 +142,7 @@ def test_a_stopping_signal_mid_export_removes_staging_and_keeps_the_previous_bun
         time.sleep(0.02)
     assert staging.exists(), process.communicate()[1]
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=240)
     assert process.returncode == 128 + signum, stderr
     assert signal.Signals(signum).name in stderr.strip().splitlines()[-1]
     assert sorted(p.name for p in out.iterdir()) == ["tiny"]  # no .tiny.tmp-PID, no .tiny.old-PID

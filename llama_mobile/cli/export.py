@@ -41,9 +41,12 @@ from llama_mobile.quantize.recipe import DEFAULT_RECIPE
                    "a tied embedding/output matrix is then stored twice)")
 @click.option("--calibration", type=FilePath(path_type=Path), default=None,
               help="calibration text for a recipe with [calibration] (default: the shipped public-domain text)")
+@click.option("--requantize", is_flag=True,
+              help="dequantize a GGUF's Q4_0/Q8_0 weights and quantize them again with the recipe "
+                   "(default: kept exactly as they are)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 def export(model, checkpoint, recipe, target, device, output_dir, context, name, no_validate, task,
-           skip_memory_check, formats, single_file, calibration, as_json):
+           skip_memory_check, formats, single_file, calibration, requantize, as_json):
     """Load, quantize and lower a model, and write a verified bundle.
 
     \b
@@ -77,7 +80,8 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
                             context=context if context is not None else (chosen.context if chosen else None),
                             validate=not no_validate, name=name, task=task, device=device,
                             memory_check=not skip_memory_check, formats=tuple(formats),
-                            single_file=single_file, calibration=calibration)
+                            single_file=single_file, calibration=calibration, requantize=requantize,
+                            recipe_explicit=recipe is not None)
     result = run_export(request, Progress(STAGES, emit=say))
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle), "size_bytes": result.size_bytes,

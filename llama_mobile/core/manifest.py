@@ -134,7 +134,8 @@ class Manifest:
             "tokenizer": dataclasses.asdict(self.tokenizer),
             "special_tokens": {"bos_id": self.special_tokens.bos_id, "eos_ids": list(self.special_tokens.eos_ids),
                                "names": dict(self.special_tokens.names)},
-            "prompt_template": dataclasses.asdict(self.prompt_template),
+            # The multi-turn parts are optional: a template without them is written as before.
+            "prompt_template": {k: v for k, v in dataclasses.asdict(self.prompt_template).items() if v is not None},
             "export": self.export,
             "parity": self.parity,
             **({"guard": self.guard} if self.guard is not None else {}),

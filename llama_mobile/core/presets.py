@@ -14,26 +14,58 @@ LLAMA3_ROPE = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A single-turn prompt format; apps reproduce it from the manifest. Filled only by
-    core.tokenizer.chat_prompt, which keeps user text from spelling control tokens."""
+    """A prompt format; apps reproduce it from the manifest. Filled only by core.tokenizer.chat_prompt
+    (one user message) and render_chat (a conversation), which keep message text from spelling control
+    tokens.
+
+    Multi-turn (optional fields, absent from bundles written before them): a conversation renders as
+    bos + [system turn with default_system when it has no system message] + one `system`/`user`/
+    `assistant`/`tool` part per message ("{content}" replaced) + assistant_start. `assistant` begins
+    with assistant_start; what follows its "{content}" closes a reply (the turn's end). The single-turn
+    `prefix` equals bos + the default system turn, so both paths agree."""
 
     name: str
     prefix: str  # before the first user turn (BOS, default system turn)
     user: str  # "{content}" is replaced by the message
     assistant_start: str  # the generation prompt
+    bos: str | None = None
+    system: str | None = None
+    assistant: str | None = None
+    tool: str | None = None  # a tool's result (Llama 3: the ipython role)
+    default_system: str | None = None  # the system text used when a conversation has none
+
+    @property
+    def multi_turn(self) -> bool:
+        return None not in (self.bos, self.system, self.assistant, self.tool)
+
+    @property
+    def assistant_end(self) -> str:
+        """What closes an assistant turn (the text after the reply): "<|im_end|>\n", "<|eot_id|>"."""
+        return (self.assistant or "{content}").split("{content}", 1)[1]
 
 
+SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CHATML_SMOL = ChatTemplate(
     name="chatml",
-    prefix="<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n",
+    prefix=f"<|im_start|>system\n{SMOL_SYSTEM}<|im_end|>\n",
     user="<|im_start|>user\n{content}<|im_end|>\n",
     assistant_start="<|im_start|>assistant\n",
+    bos="",
+    system="<|im_start|>system\n{content}<|im_end|>\n",
+    assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
+    tool="<|im_start|>tool\n{content}<|im_end|>\n",
+    default_system=SMOL_SYSTEM,
 )
+# Meta's Llama 3.1/3.2 format (llama_models/llama3/chat_format.py): a tool result is the ipython role.
 LLAMA3_CHAT = ChatTemplate(
     name="llama3",
     prefix="<|begin_of_text|>",
     user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
     assistant_start="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    bos="<|begin_of_text|>",
+    system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+    assistant="<|start_header_id|>assistant<|end_header_id|>\n\n{content}<|eot_id|>",
+    tool="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
 )
 
 

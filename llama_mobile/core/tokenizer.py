@@ -24,7 +24,8 @@ import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from llama_mobile.core.errors import TokenizerError
+from llama_mobile.core.errors import ConfigError, TokenizerError
+from llama_mobile.core.presets import CHATML_SMOL, LLAMA3_CHAT, ChatTemplate
 
 HF_JSON, TIKTOKEN = "hf-json", "tiktoken"
 
@@ -54,6 +55,51 @@ def chat_prompt(template, message: str, extra: Iterable[str] = ()) -> str:
     part = template.__getitem__ if isinstance(template, Mapping) else lambda key: getattr(template, key)
     user = part("user").replace("{content}", neutralize_specials(message, extra))
     return part("prefix") + user + part("assistant_start")
+
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def conversation_template(template):
+    """The multi-turn form of a template (a ChatTemplate or a manifest's prompt_template mapping). A bundle
+    written before the multi-turn fields gets the preset format of the same name ("chatml": SmolLM2's,
+    "llama3": Meta's) when its single-turn parts agree with it; anything else is refused."""
+    if isinstance(template, Mapping):
+        names = ChatTemplate.__dataclass_fields__
+        template = ChatTemplate(**{k: v for k, v in template.items() if k in names})
+    if template.multi_turn:
+        return template
+    for known in (CHATML_SMOL, LLAMA3_CHAT):
+        if (template.name, template.prefix, template.user, template.assistant_start) == \
+                (known.name, known.prefix, known.user, known.assistant_start):
+            return known
+    raise ConfigError(f"the prompt template {template.name!r} has no multi-turn parts (system, assistant, tool)",
+                      fix="re-export the bundle with this llama-mobile version, or use generate --prompt")
+
+
+def render_chat(template, messages, *, add_generation_prompt: bool = True, extra: Iterable[str] = ()) -> str:
+    """A conversation ([{"role", "content"}], roles in ROLES) rendered with a multi-turn template: bos, the
+    default system turn when the first message is not a system one, each message's part with its content
+    neutralized (never a control token, whoever wrote it), then the generation prompt. The Kotlin and Swift
+    cores render it identically (ChatTemplate.render, tests/vectors/chat_turns.json)."""
+    template = conversation_template(template)
+    out = [template.bos]
+    if template.default_system is not None and (not messages or _field(messages[0], "role") != "system"):
+        out.append(template.system.replace("{content}", neutralize_specials(template.default_system, extra)))
+    for number, message in enumerate(messages):
+        role, content = _field(message, "role"), _field(message, "content")
+        if role not in ROLES:
+            raise ConfigError(f"message {number + 1} has role {role!r}", fix=f"use one of: {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise ConfigError(f"message {number + 1} ({role}) has no text content", fix='give it "content": "..."')
+        out.append(getattr(template, role).replace("{content}", neutralize_specials(content, extra)))
+    if add_generation_prompt:
+        out.append(template.assistant_start)
+    return "".join(out)
+
+
+def _field(message, key: str):
+    return message.get(key) if isinstance(message, Mapping) else getattr(message, key, None)
 
 
 def tokenizer_kind(path: Path) -> str:

@@ -15,7 +15,7 @@ import torch
 from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.atomic import bundle_folder, check_writable, staged_directory
 from llama_mobile.core.devices import get_device
-from llama_mobile.core.errors import ParityFailure, UsageError
+from llama_mobile.core.errors import ConfigError, ParityFailure, UsageError
 from llama_mobile.core.manifest import Manifest, ModelInfo, RuntimeInfo, TargetInfo, TokenizerInfo, Tool
 from llama_mobile.core.memory import peak_rss_bytes
 from llama_mobile.core.presets import GENERIC_MODEL, ModelPreset, get_model_preset
@@ -31,11 +31,20 @@ from llama_mobile.export.config_fields import read_user_text
 from llama_mobile.export.loaded import LoadedModel
 from llama_mobile.export.lower import LoweredProgram, lower, runner_metadata
 from llama_mobile.export.model import build_model, load_custom_ops, skeleton
+from llama_mobile.export.prequantized import describe as describe_quantization
+from llama_mobile.export.rotation import Rotation, hadamard_sizes_supported
 from llama_mobile.export.stream_build import fill_streaming
 from llama_mobile.jobs.plan import Plan, plan
 from llama_mobile.jobs.preflight import check_export_fits
 from llama_mobile.quantize.apply import PartQuantizer
 from llama_mobile.quantize.calibrate import Calibrator, calibration_windows, text_sha256
+from llama_mobile.quantize.prequantized import (
+    AS_PUBLISHED,
+    PrequantizedQuantizer,
+    as_published_recipe,
+    placeholder_recipe,
+    schemes_of,
+)
 from llama_mobile.quantize.pt2e import quantize_for_target
 from llama_mobile.quantize.recipe import Recipe, check_recipe_fits, load_recipe
 from llama_mobile.runtime_harness.guard_prompt import guard_template_for_manifest
@@ -67,6 +76,12 @@ class ExportRequest:
     single_file: bool = False
     # Calibration text for a recipe with [calibration] (default: runtime_harness/corpus/calibration.txt).
     calibration: Path | None = None
+    # A checkpoint whose weights come quantized (GGUF Q4_0/Q8_0) keeps them as they are unless this is set:
+    # then they are dequantized and the recipe quantizes them again (two roundings).
+    requantize: bool = False
+    # Whether `recipe` was asked for (False: the CLI's default). An asked-for recipe other than
+    # "as-published" on a checkpoint whose quantization is kept is refused (it would requantize).
+    recipe_explicit: bool = True
 
 
 @dataclass
@@ -88,7 +103,7 @@ def check_request(request: ExportRequest):
     preset = None if request.model == GENERIC_MODEL else get_model_preset(request.model)
     if preset is None and request.checkpoint is None:
         raise UsageError("--model llama needs --checkpoint", fix="pass --checkpoint PATH")
-    recipe = load_recipe(request.recipe)
+    recipe = placeholder_recipe() if request.recipe == AS_PUBLISHED else load_recipe(request.recipe)
     target = get_target(request.target)
 
     target = bind_device(target, request.device)  # an NPU target takes its SoC from the device preset
@@ -123,7 +138,7 @@ def check_request(request: ExportRequest):
     if request.calibration is not None:
         if recipe.calibration is None:
             raise UsageError(f"--calibration needs a recipe with a [calibration] section; {recipe.name!r} has none",
-                             fix="use --recipe 8da4w-mixed-imatrix (or add [calibration] to the recipe)")
+                             fix="use --recipe 8da4w-mixed-gptq (or add [calibration] to the recipe)")
         read_user_text(request.calibration, what="calibration text")  # unreadable: stop before loading
     backend.check_environment(target)  # a missing SDK stops here, before any weight is read
     check_writable(request.output_dir)
@@ -226,6 +241,7 @@ class ExportJob:
             arch, recipe, request.context if request.context is not None else 1024)) if priced else None)
         if request.task:
             model.task = request.task
+        checked.recipe = recipe = self._kept_quantization(checked, model)
         arch = model.architecture
         check_recipe_fits(recipe, linear_widths(arch), arch.dim)
         tokenizer = Tokenizer(model.tokenizer_path)
@@ -242,6 +258,36 @@ class ExportJob:
                            f"{arch.param_count() / 1e6:.0f}M parameters, context {context}")
         return Loaded(model, tokenizer, context, fitted)
 
+    def _kept_quantization(self, checked: Checked, model: LoadedModel) -> Recipe:
+        """The recipe for a checkpoint whose weights come quantized: "as-published" (its own integers and
+        scales) when every matrix maps, else the requested recipe, with what was found said plainly."""
+        request, info = self.request, model.quantization
+        if not model.prequantized:
+            if request.recipe == AS_PUBLISHED:
+                found = describe_quantization(info) if info else "float weights"
+                raise UsageError(f"--recipe {AS_PUBLISHED} keeps a checkpoint's own quantization; this one has "
+                                 f"{found}", fix="pick a recipe (`llama-mobile recipes`)")
+            if info:
+                self.progress.note(f"{describe_quantization(info)}; requantized by recipe {checked.recipe.name}")
+            return checked.recipe
+        if request.requantize:
+            if not info.get("requantizable", True):
+                raise UsageError(f"{info['scheme']} weights are published quantized and cannot be requantized",
+                                 fix=f"drop --requantize (the export keeps them as {AS_PUBLISHED})")
+            self.progress.note(f"{describe_quantization(info)}: --requantize, so dequantized and requantized "
+                               f"by recipe {checked.recipe.name}")
+            info["kept"] = False
+            model.prequantized = {}
+            return checked.recipe
+        if request.recipe_explicit and request.recipe != AS_PUBLISHED:
+            again = "; add --requantize to apply it anyway" if info.get("requantizable", True) else ""
+            raise UsageError(f"recipe {request.recipe!r} would requantize this checkpoint's {info.get('scheme') or 'quantized'} "
+                             f"weights", fix=f"drop --recipe (or pass --recipe {AS_PUBLISHED}) to keep them{again}")
+        recipe = as_published_recipe(schemes_of(model.prequantized, model.architecture.tied_embeddings),
+                                     describe_quantization(info))
+        self.progress.note(describe_quantization(info) + f" (recipe {AS_PUBLISHED})")
+        return recipe
+
     def build(self, checked: Checked, loaded: Loaded) -> Built:
         request, recipe, arch = self.request, checked.recipe, loaded.arch
         options = dict(checked.backend.model_options)
@@ -257,17 +303,22 @@ class ExportJob:
                                                      min(loaded.context, 256))
             torchao_configs = {}
         else:  # float weights of one block at a time: the peak is the quantized model plus one block
-            model = skeleton(arch, loaded.context, **options)
+            rotation = rotation_for(recipe, arch)  # rotates each part's float weights before it is calibrated/quantized
+            model = skeleton(arch, loaded.context, **options,
+                             output_mix=rotation is not None and rotation.mixes_output(arch.tied_embeddings))
             calibrator = Calibrator.create(recipe.calibration) if recipe.calibration else None
             calibration_ids, calibration_record = self._calibration_tokens(recipe, loaded)
-            quantizer = PartQuantizer(model, recipe, tied=arch.tied_embeddings, calibrator=calibrator)
+            quantizer = PrequantizedQuantizer(model, loaded.model.prequantized, tied=arch.tied_embeddings) \
+                if loaded.model.prequantized else PartQuantizer(model, recipe, tied=arch.tied_embeddings,
+                                                                calibrator=calibrator)
             reference = fill_streaming(model, loaded.model.state_dict, quantize_part=quantizer.quantize,
                                        calibration_ids=calibration_ids, observe=quantizer.observe,
                                        token_ids=token_ids if request.validate else None,
                                        on_part=lambda part: self.progress.note(
                                            f"{part} done{_calibrated_note(quantizer, part)} "
-                                           f"(peak RSS {peak_rss_bytes() / 2**30:.2f} GiB)"))
-            loaded.model.state_dict = {}
+                                           f"(peak RSS {peak_rss_bytes() / 2**30:.2f} GiB)"),
+                                       rotation=rotation)
+            loaded.model.state_dict = loaded.model.prequantized = {}
             torchao_configs, pt2e_record = quantizer.finish(), {}
             if calibrator is not None:
                 calibration_record["calibrated_layers"] = len(quantizer.calibrated)
@@ -362,7 +413,8 @@ class ExportJob:
             tool=Tool(version="", libraries={}),  # filled in by write_manifest
             model=ModelInfo(preset=model.preset, task=model.task, architecture=arch.to_dict(),
                             source={"format": model.source_format,
-                                    "files": [dataclasses.asdict(s) for s in model.sources]},
+                                    "files": [dataclasses.asdict(s) for s in model.sources],
+                                    **({"quantization": model.quantization} if model.quantization else {})},
                             history=model.history),
             recipe={**recipe.to_dict(), "torchao_configs": built.torchao_configs,
                     **({"pt2e_quantizer": built.pt2e_record} if built.pt2e_record else {}),
@@ -392,6 +444,20 @@ class ExportJob:
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def rotation_for(recipe: Recipe, arch: Architecture) -> Rotation | None:
+    """The recipe's [rotation] for this architecture (None without one)."""
+    spec = recipe.rotation
+    if spec is None:
+        return None
+    missing = hadamard_sizes_supported(arch)
+    if missing:
+        raise ConfigError(f"[rotation] has no Hadamard matrix for {', '.join(missing)}", path=recipe.name,
+                          fix="use a recipe without [rotation] for this model")
+    return Rotation.hadamard(arch, seed=spec.seed, r1=spec.r1, r2=spec.r2)
+
+
 CALIBRATION_TEXT = CORPUS_DIR / "calibration.txt"  # public domain; never the parity text (alice.txt)
 
 

@@ -1,0 +1,269 @@
+"""Prequantized inputs: a GGUF's Q8_0 / Q4_0 weights reach the program as the file's own integers and scales."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llama_mobile.core.errors import CheckpointError, UsageError
+from llama_mobile.export.checkpoint import load_checkpoint
+from llama_mobile.export.embedded import embedded_checkpoint
+from llama_mobile.export.loaded import PrequantizedTensor
+from llama_mobile.export.prequantized import check_prequantized
+from llama_mobile.jobs.export_job import ExportRequest, run_export
+from llama_mobile.quantize.prequantized import GroupLinear, intx_tensor
+
+TINY_SHAPES = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 128}
+_ARCH_KEYS = {"llama.embedding_length": "dim", "llama.block_count": "n_layers",
+              "llama.attention.head_count": "n_heads", "llama.attention.head_count_kv": "n_kv_heads",
+              "llama.feed_forward_length": "ffn_hidden"}
+
+
+def write_gguf_like(source: Path, destination: Path, kinds, tensors: dict[str, np.ndarray] | None = None,
+                    shapes: dict | None = None, seed: int = 0) -> Path:
+    """A GGUF with `source`'s header (tokenizer, RoPE, specials) and its tensors (or random ones of the
+    `shapes` given) written as `kinds`: a GGUF type name, or {GGUF tensor name: type} (default Q4_0)."""
+    import gguf
+
+    from llama_mobile.export.gguf_loader import open_gguf
+
+    reader = open_gguf(source)
+    writer = gguf.GGUFWriter(str(destination), "llama")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        value = field.contents()
+        if shapes and field.name in _ARCH_KEYS:
+            value = shapes[_ARCH_KEYS[field.name]]
+        writer.add_key_value(field.name, value, field.types[0],
+                             sub_type=field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
+    if tensors is None:
+        tensors = {}
+        generator = np.random.default_rng(seed)
+        for tensor in reader.tensors:
+            shape = tuple(int(d) for d in reversed(tensor.shape))
+            if shapes:
+                vocab = shape[0] if tensor.name == "token_embd.weight" else None
+                shape = _tiny_shape(tensor.name, shapes, vocab)
+                if shape is None:
+                    continue
+                tensors[tensor.name] = (1.0 + 0.1 * generator.standard_normal(shape) if len(shape) == 1
+                                        else 0.08 * generator.standard_normal(shape)).astype(np.float32)
+            else:
+                tensors[tensor.name] = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+    for name, values in tensors.items():
+        kind = (kinds if isinstance(kinds, str) else kinds.get(name, "Q4_0")) if values.ndim == 2 else "F32"
+        if kind == "F32":
+            writer.add_tensor(name, values.astype(np.float32))
+        else:
+            qtype = gguf.GGMLQuantizationType[kind]
+            writer.add_tensor(name, gguf.quants.quantize(values.astype(np.float32), qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return destination
+
+
+def _tiny_shape(name: str, s: dict, vocab: int | None):
+    head = s["dim"] // s["n_heads"]
+    if name.startswith("blk."):
+        block = int(name.split(".")[1])
+        if block >= s["n_layers"]:
+            return None
+        part = name.split(".", 2)[2]
+        return {"attn_norm.weight": (s["dim"],), "ffn_norm.weight": (s["dim"],),
+                "attn_q.weight": (s["dim"], s["dim"]), "attn_k.weight": (s["n_kv_heads"] * head, s["dim"]),
+                "attn_v.weight": (s["n_kv_heads"] * head, s["dim"]), "attn_output.weight": (s["dim"], s["dim"]),
+                "ffn_gate.weight": (s["ffn_hidden"], s["dim"]), "ffn_up.weight": (s["ffn_hidden"], s["dim"]),
+                "ffn_down.weight": (s["dim"], s["ffn_hidden"])}[part]
+    return {"token_embd.weight": (vocab, s["dim"]), "output_norm.weight": (s["dim"],),
+            "output.weight": (vocab, s["dim"])}.get(name)
+
+
+@pytest.fixture(scope="module")
+def tiny_ggufs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prequantized")
+    source = embedded_checkpoint("smollm2-135m-instruct")
+    out = {kind: write_gguf_like(source, folder / f"tiny-{kind}.gguf", kind, shapes=TINY_SHAPES, seed=1)
+           for kind in ("Q4_0", "Q8_0")}
+    out["mixed"] = write_gguf_like(source, folder / "tiny-mixed.gguf",
+                                   {"token_embd.weight": "Q8_0"}, shapes=TINY_SHAPES, seed=1)  # llama.cpp's Q4_0 layout
+    out["Q4_1"] = write_gguf_like(source, folder / "tiny-Q4_1.gguf", {"token_embd.weight": "Q4_1"},
+                                  shapes=TINY_SHAPES, seed=1)
+    return out
+
+
+def _gguf_blocks(path: Path) -> dict:
+    """{GGUF name: (int8 values, float32 scales)} decoded independently of the loader (gguf-py's layout)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    out = {}
+    for tensor in reader.tensors:
+        kind = tensor.tensor_type.name
+        if kind not in ("Q4_0", "Q8_0"):
+            continue
+        rows = int(tensor.shape[1])
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(rows, -1)
+        blocks = np.asarray(tensor.data).reshape(-1, 34 if kind == "Q8_0" else 18)
+        scale = blocks[:, :2].copy().view(np.float16).astype(np.float32).reshape(rows, -1)
+        q = np.round(values.reshape(rows, -1, 32) / np.where(scale == 0, 1, scale)[..., None]).reshape(rows, -1)
+        out[tensor.name] = (q.astype(np.int8), scale)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q8_0"])
+def test_loader_keeps_the_integers_and_scales(tiny_ggufs, kind):
+    loaded = load_checkpoint("llama", tiny_ggufs[kind])
+    assert loaded.quantization["kept"] and loaded.quantization["tensor_types"] == {kind: 15}
+    blocks = _gguf_blocks(tiny_ggufs[kind])
+    assert set(loaded.prequantized) == {"tok_embeddings.weight", *(f"layers.{i}.{n}.weight" for i in range(2)
+                                        for n in ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
+                                                  "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"))}
+    record = loaded.prequantized["layers.1.feed_forward.w2.weight"]
+    q, scale = blocks["blk.1.ffn_down.weight"]
+    assert record.bits == (4 if kind == "Q4_0" else 8) and record.group_size == 32 and record.source == kind
+    assert torch.equal(record.qdata, torch.from_numpy(q)) and torch.equal(record.scale, torch.from_numpy(scale))
+    for name, record in loaded.prequantized.items():  # the float reference is exactly integers x scales
+        assert torch.equal(record.dequantize(), loaded.state_dict[name]), name
+    low = -8 if kind == "Q4_0" else -128
+    assert all(int(r.qdata.min()) >= low for r in loaded.prequantized.values())
+
+
+def test_q4_0_is_torchaos_symmetric_int4_grid():
+    """Q4_0 stores value + 8 with an fp16 scale: the same integers and scale as torchao's symmetric int4
+    [-8, 7] with that scale, and torchao dequantizes them to gguf-py's floats bit for bit."""
+    import gguf
+
+    values = np.random.default_rng(3).standard_normal((8, 64)).astype(np.float32)
+    blocks = gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q4_0)
+    floats = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_0)
+
+    class Tensor:
+        data, shape, tensor_type = blocks, (64, 8), None
+    from llama_mobile.export.prequantized import gguf_block_record
+
+    record = gguf_block_record(Tensor, "Q4_0")
+    assert int(record.qdata.min()) >= -8 and int(record.qdata.max()) <= 7
+    weight = intx_tensor(record.qdata, record.scale, 4, 32, dynamic=True)
+    assert weight.target_dtype == torch.int4
+    assert torch.equal(weight.dequantize(), torch.from_numpy(floats))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_group_linear_is_exact(bits):
+    """Negative and zero scales, and int8 groups, held as int4 groups with positive scales + group sums."""
+    generator = torch.Generator().manual_seed(0)
+    low, high = (-8, 8) if bits == 4 else (-128, 128)
+    qdata = torch.randint(low, high, (16, 64), generator=generator, dtype=torch.int8)
+    scale = (torch.rand(16, 2, generator=generator) - 0.5) * 0.02
+    scale[3, 1] = 0
+    split = GroupLinear(qdata, scale, bits, 32)
+    for part in split.parts:
+        assert int(part.weight.qdata.min()) >= -8 and int(part.weight.qdata.max()) <= 7
+        assert bool((part.weight.scale > 0).all())
+    weight = qdata.float() * scale.repeat_interleave(32, dim=1)
+    torch.testing.assert_close(split.dense(), weight, rtol=0, atol=1e-7)
+    x = torch.randn(3, 64, generator=generator)
+    plain = torch.nn.functional.linear
+    sums = x.unflatten(-1, (-1, 32)).sum(-1)
+    exact = sum(plain(x, p.weight.dequantize()) for p in split.parts) + plain(sums, split.offset.weight)
+    torch.testing.assert_close(exact, x @ weight.T, rtol=1e-5, atol=1e-6)
+
+
+def _program_state(bundle: Path):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return manifest
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q8_0", "mixed"])
+def test_gguf_exports_its_own_integers(custom_ops, tiny_ggufs, tmp_path, kind):
+    from llama_mobile.export.model import skeleton
+    from llama_mobile.export.stream_build import fill_streaming
+    from llama_mobile.quantize.prequantized import PrequantizedQuantizer
+
+    loaded = load_checkpoint("llama", tiny_ggufs[kind])
+    records = dict(loaded.prequantized)
+    model = skeleton(loaded.architecture, 64)
+    quantizer = PrequantizedQuantizer(model, records, tied=loaded.architecture.tied_embeddings)
+    fill_streaming(model, loaded.state_dict, quantize_part=quantizer.quantize)
+    quantizer.finish()
+    # bit for bit: the torchao tensors hold the GGUF's integers and scales
+    blocks = _gguf_blocks(tiny_ggufs[kind])
+    embedding = model.tok_embeddings.weight
+    q, scale = blocks["token_embd.weight"]
+    assert torch.equal(embedding.qdata, torch.from_numpy(q)) and torch.equal(embedding.scale, torch.from_numpy(scale))
+    wq = model.layers[0].attention.wq
+    q, scale = blocks["blk.0.attn_q.weight"]
+    # XNNPACK's form of the same integers: positive scales, int4 parts, group sums
+    assert isinstance(wq, GroupLinear)
+    assert torch.equal(wq.dense(), torch.from_numpy(q).float() * torch.from_numpy(scale).repeat_interleave(32, dim=1))
+    positive = torch.from_numpy(scale) > 0
+    if kind == "Q8_0":
+        assert torch.equal((16 * wq.parts[0].weight.qdata + wq.parts[1].weight.qdata + 8)[positive.repeat_interleave(32, 1)],
+                           torch.from_numpy(q)[positive.repeat_interleave(32, 1)])
+    else:
+        assert torch.equal(wq.parts[0].weight.qdata[positive.repeat_interleave(32, 1)],
+                           torch.from_numpy(q)[positive.repeat_interleave(32, 1)])
+        assert torch.equal(wq.parts[0].weight.scale, torch.from_numpy(scale).abs())
+    assert all(p.weight.target_dtype == torch.int4 and p.weight.activation_quantization == "int8_asym_per_token"
+               for p in wq.parts)
+
+    result = run_export(ExportRequest(model="llama", checkpoint=tiny_ggufs[kind], recipe="8da4w-mixed",
+                                      recipe_explicit=False, target="xnnpack", output_dir=tmp_path, context=64,
+                                      positions=48))
+    manifest = _program_state(result.bundle)
+    assert manifest["recipe"]["name"] == "as-published"
+    assert manifest["model"]["source"]["quantization"]["kept"] is True
+    metrics = result.parity["metrics"]
+    assert result.parity["passed"] and metrics["top1_agreement"] >= 0.95 and metrics["kl_mean"] < 0.01, metrics
+
+
+def test_requantize_restores_the_recipe_path(custom_ops, tiny_ggufs, tmp_path):
+    request = dict(model="llama", checkpoint=tiny_ggufs["Q4_0"], target="xnnpack", output_dir=tmp_path,
+                   context=64, positions=16, validate=False)
+    with pytest.raises(UsageError, match="would requantize"):
+        run_export(ExportRequest(recipe="8da4w", **request))
+    result = run_export(ExportRequest(recipe="8da4w", requantize=True, **request))
+    manifest = _program_state(result.bundle)
+    assert manifest["recipe"]["name"] == "8da4w"
+    assert manifest["model"]["source"]["quantization"]["kept"] is False
+    assert not any("prequantized" in c for c in manifest["recipe"]["torchao_configs"].values())
+
+
+def test_unmappable_type_names_the_nearest_scheme(custom_ops, tiny_ggufs, tmp_path):
+    from llama_mobile.core.progress import Progress
+    from llama_mobile.jobs.export_job import STAGES
+
+    loaded = load_checkpoint("llama", tiny_ggufs["Q4_1"])
+    assert loaded.prequantized == {}
+    assert "Q4_1" in loaded.quantization["nearest"] and "minimum" in loaded.quantization["nearest"]["Q4_1"]
+    notes = []
+    result = run_export(ExportRequest(model="llama", checkpoint=tiny_ggufs["Q4_1"], recipe="8da4w",
+                                      target="xnnpack", output_dir=tmp_path, context=64, validate=False),
+                        Progress(STAGES, emit=notes.append))
+    assert any("Q4_1 -> nearest 8da4w g32" in str(n) and "requantized by recipe 8da4w" in str(n) for n in notes), notes
+    manifest = _program_state(result.bundle)
+    assert manifest["model"]["source"]["quantization"]["nearest"]["Q4_1"].startswith("8da4w g32")
+    with pytest.raises(UsageError, match="as-published"):
+        run_export(ExportRequest(model="llama", checkpoint=tiny_ggufs["Q4_1"], recipe="as-published",
+                                 target="xnnpack", output_dir=tmp_path, context=64, validate=False))
+
+
+def test_damaged_records_are_one_line_errors(tmp_path):
+    state = {"w": torch.zeros(4, 64)}
+    good = PrequantizedTensor(torch.zeros(4, 64, dtype=torch.int8), torch.ones(4, 2), 4, 32, "int4")
+    check_prequantized({"w": good}, state, tmp_path)
+    for bad, message in (
+        (PrequantizedTensor(good.qdata, torch.ones(4, 4), 4, 32, "int4"), "expected float \\[4, 2\\]"),
+        (PrequantizedTensor(good.qdata, torch.ones(4, 2), 4, 48, "int4"), "group size 48"),
+        (PrequantizedTensor(good.qdata + 9, torch.ones(4, 2), 4, 32, "int4"), "4-bit range"),
+        (PrequantizedTensor(good.qdata.float(), torch.ones(4, 2), 4, 32, "int4"), "expected int8"),
+    ):
+        with pytest.raises(CheckpointError, match=message) as error:
+            check_prequantized({"w": bad}, state, tmp_path)
+        assert "\n" not in str(error.value.args[0])
