@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from llama_mobile.core.architecture import Architecture, RopeScaling
 from llama_mobile.core.errors import CheckpointError
@@ -121,7 +122,6 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 
 def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
 
 
     tensors: dict[str, torch.Tensor] = {}

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.atomic import write_file
@@ -62,7 +63,6 @@ def write_hf_checkpoint(folder: Path, arch: Architecture, state: dict[str, torch
                         tokenizer_path: Path, bos_id: int, eos_ids: tuple[int, ...], dtype: str = "fp32",
                         section: dict | None = None) -> list[Path]:
     """Into an existing (staging) folder: config.json, model.safetensors, the tokenizer files."""
-    from safetensors.torch import save_file
 
     folder = Path(folder)
     config = hf_config(arch, bos_id, eos_ids, dtype, section or {})

@@ -12,6 +12,7 @@ from llama_mobile.core.hashing import sha256_file
 from llama_mobile.core.presets import ChatTemplate, SpecialTokens
 
 META_FORMAT, HF_FORMAT, GGUF_FORMAT = "meta", "hf", "gguf"
+META_QUANTIZED = "meta-quantized"  # Meta's quantized Llama 3.2 files as read (int8 integers beside float scales)
 
 # The tensor dtypes each format may hold; anything else (integers, bool, float64, fp8, complex, quantized
 # or meta tensors) is refused by name. GGUF tensors are dequantized to float32 from the block types
@@ -20,6 +21,7 @@ ACCEPTED_DTYPES = {
     META_FORMAT: ("float32", "float16", "bfloat16"),
     HF_FORMAT: ("float32", "float16", "bfloat16"),
     GGUF_FORMAT: ("float32",),
+    META_QUANTIZED: ("float32", "float16", "bfloat16", "int8"),
 }
 _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
@@ -63,10 +65,39 @@ class PrequantizedTensor:
     bits: int
     group_size: int
     source: str
+    # LoRA adaptor run beside the quantized weight (Meta's QAT+LoRA): y = W x + lora_scale * B (A x)
+    lora_a: torch.Tensor | None = None  # [rank, columns]
+    lora_b: torch.Tensor | None = None  # [rows, rank]
+    lora_scale: float = 0.0
+    # SpinQuant's R4: the layer's input goes through a normalized Hadamard transform first (online)
+    online_hadamard: bool = False
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight the integers and scales stand for (scale x integer, one rounding)."""
         return self.qdata.to(torch.float32) * self.scale.to(torch.float32).repeat_interleave(self.group_size, dim=1)
+
+    def float_weight(self) -> torch.Tensor:
+        """The float32 matrix the whole layer applies (the float reference's weight): the dequantized weight,
+        plus the merged LoRA product, with the online Hadamard folded in (W H: H is symmetric)."""
+        weight = self.dequantize()
+        if self.lora_a is not None:
+            weight = weight + self.lora_scale * (self.lora_b.to(torch.float32) @ self.lora_a.to(torch.float32))
+        return hadamard_rows(weight) if self.online_hadamard else weight
+
+
+def hadamard_rows(x: torch.Tensor) -> torch.Tensor:
+    """The normalized (Sylvester) Walsh-Hadamard transform of each row, as ExecuTorch's
+    llama::fast_hadamard_transform computes it; the width must be a power of two."""
+    n = x.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"a Hadamard transform needs a power-of-two width, not {n}")
+    out = x.to(torch.float32).reshape(-1, n)
+    h = 1
+    while h < n:
+        out = out.reshape(-1, n // (2 * h), 2, h)
+        out = torch.stack((out[:, :, 0] + out[:, :, 1], out[:, :, 0] - out[:, :, 1]), dim=2)
+        h *= 2
+    return (out.reshape(x.shape) / torch.sqrt(torch.tensor(float(n)))).contiguous()
 
 
 @dataclass

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
+from torch.export import Dim, ExportedProgram, export
+from torch.fx.passes.infra.pass_base import PassResult
 
 from llama_mobile.core import patches
 from llama_mobile.core.errors import ExportError
@@ -91,7 +94,6 @@ def skip_noop_decompositions(defer_functionalization: bool = False):
         return
     from executorch.exir.graph_module import contains_any_call_fn_target_op
     from executorch.exir.program import _program
-    from torch.export import ExportedProgram
 
     original = ExportedProgram.run_decompositions
 
@@ -163,7 +165,6 @@ class _AlreadyApplied:
     """Stands in for a pass that a fused pass already applied."""
 
     def __call__(self, graph_module):
-        from torch.fx.passes.infra.pass_base import PassResult
 
         return PassResult(graph_module, False)
 
@@ -241,7 +242,6 @@ def without_cycle_collection():
     """Python's cycle collector, left on, rescans every live object of the ever-growing FX graphs and
     fake tensors again and again: ~25% of the lowering time at 30 blocks (188 s -> 143 s, measured).
     The cycles the lowering leaves behind are collected once, at the end."""
-    import gc
 
     was_enabled = gc.isenabled()
     gc.disable()
@@ -273,7 +273,6 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
         to_edge_transform_and_lower,
     )
     from executorch.exir.passes import MemoryPlanningPass
-    from torch.export import Dim, export
 
     seconds: dict[str, float] = {}
     input_pos = torch.tensor([0], dtype=torch.long)

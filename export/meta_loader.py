@@ -14,12 +14,14 @@ from llama_mobile.export.config_fields import FieldReader, read_json_object
 from llama_mobile.export.identity import resolve_identity
 from llama_mobile.export.loaded import (
     META_FORMAT,
+    META_QUANTIZED,
     LoadedModel,
     check_against_preset,
     check_tensor,
     describe_sources,
 )
 from llama_mobile.export.pages import settle_file
+from llama_mobile.export.prequantized import meta_quantization_args, meta_quantized_state
 
 # Keys some Meta checkpoints carry that the model does not use.
 IGNORED_KEYS = {"rope.freqs"}
@@ -58,7 +60,7 @@ def find_weights(folder: Path) -> Path:
     return shards[0]
 
 
-def read_pth(path: Path) -> dict[str, torch.Tensor]:
+def read_pth(path: Path, fmt: str = META_FORMAT) -> dict[str, torch.Tensor]:
     """Never unpickles code: weights_only refuses any global that is not a tensor type."""
 
     if not path.is_file():
@@ -87,7 +89,7 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError("does not hold a flat dict of tensors", path=path,
                               fix="pass Meta's consolidated.00.pth as downloaded")
     for name, tensor in state.items():
-        check_tensor(name, tensor.dtype, path, META_FORMAT, is_meta=tensor.is_meta)
+        check_tensor(name, tensor.dtype, path, fmt, is_meta=tensor.is_meta)
     return state
 
 
@@ -104,12 +106,18 @@ def load_meta(folder: Path, preset: ModelPreset | None, preflight=None) -> Loade
         raise CheckpointError("tokenizer.model not found", path=folder,
                               fix="copy tokenizer.model from the original download into this folder")
     weights = find_weights(folder)
-    state = {k: v for k, v in read_pth(weights).items() if k not in IGNORED_KEYS}
+    quantized = meta_quantization_args(read_json_object(params), params)  # Meta's quantized Llama 3.2 releases
+    state = {k: v for k, v in read_pth(weights, META_QUANTIZED if quantized else META_FORMAT).items()
+             if k not in IGNORED_KEYS}
+    prequantized, quantization = {}, {}
+    if quantized:  # integers and scales kept as records; the state gets the float model of them
+        state, prequantized, quantization = meta_quantized_state(state, quantized, weights)
     output, embedding = state.get("output.weight"), state.get("tok_embeddings.weight")
     tied = output is None or (embedding is not None and output.shape == embedding.shape
                               and output.dtype == embedding.dtype and torch.equal(output, embedding))
     if tied:
         state.pop("output.weight", None)
+        prequantized.pop("output.weight", None)
     arch = arch.replace(tied_embeddings=tied)
     if preset is not None:
         arch = arch.replace(max_position=preset.architecture.max_position)
@@ -123,5 +131,6 @@ def load_meta(folder: Path, preset: ModelPreset | None, preflight=None) -> Loade
         preset=preset.name if preset else "llama", architecture=arch, state_dict=state,
         tokenizer_path=tokenizer, specials=specials, chat_template=template,
         task=preset.task if preset else "chat", source_format=META_FORMAT,
-        sources=describe_sources([params, weights, tokenizer]),
+        sources=describe_sources([params, weights, tokenizer]), prequantized=prequantized,
+        quantization=quantization,
     )

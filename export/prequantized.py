@@ -119,3 +119,120 @@ def describe(quantization: dict) -> str:
         return f"{quantization['format']} quantized weights ({types}) kept as they are"
     nearest = "; ".join(f"{kind} -> nearest {scheme}" for kind, scheme in quantization.get("nearest", {}).items())
     return f"{quantization['format']} weights ({types}) have no exact XNNPACK form: {nearest}"
+
+
+# Meta's quantized Llama 3.2 (SpinQuant_INT4_EO8, QLORA_INT4_EO8): what ExecuTorch reads with
+# --preq_mode 8da4w_output_8da8w --preq_group_size 32 --preq_embedding_quantize 8,0 [--use_spin_quant native]
+# [--use_lora 16] (examples/models/llama/source_transformation/pre_quantization.py, lora.py, spin_quant.py):
+#   block linears  X.weight int8 [out, in] holding int4 values, X.scales [out, in / group], X.zeros (zeroed)
+#   output         output.weight int8 [vocab, dim], output.scales [vocab] (8da8w per channel)
+#   embedding      tok_embeddings.weight int8 [vocab, dim], tok_embeddings.scales [vocab] (8-bit per row)
+#   LoRA           X.adaptor.A.weight bf16 [rank, in], X.adaptor.B.weight bf16 [out, rank]; y += scale * B(A(x))
+#   SpinQuant      R1/R2 already merged into the weights; R4 is an online Hadamard transform of w2's input
+META_GROUP_SIZES = (32, 64, 128, 256)  # transform_linear_for_pre_quantization's accepted sizes
+LORA_SCALE = 2.0  # LoRAAdaptorLinear's default, which ExecuTorch's loader uses
+
+
+def meta_quantization_args(params: dict, path: Path) -> dict | None:
+    """params.json's quantization_args / lora_args, checked; None for a float checkpoint."""
+    args = params.get("quantization_args")
+    if args is None:
+        return None
+    if not isinstance(args, dict):
+        raise CheckpointError("quantization_args must be a JSON object", path=path,
+                              fix="restore params.json from the model download")
+    group = args.get("group_size")
+    if not isinstance(group, int) or isinstance(group, bool) or group not in META_GROUP_SIZES:
+        raise CheckpointError(f"quantization_args.group_size {group!r} is not one of "
+                              f"{', '.join(map(str, META_GROUP_SIZES))}", path=path,
+                              fix="restore params.json from the model download")
+    lora = params.get("lora_args")
+    if lora is not None and (not isinstance(lora, dict) or not isinstance(lora.get("rank"), int)
+                             or isinstance(lora.get("rank"), bool) or lora["rank"] <= 0):
+        raise CheckpointError(f"lora_args {lora!r} must hold a positive integer rank", path=path,
+                              fix="restore params.json from the model download")
+    scale = float(lora.get("scale", LORA_SCALE)) if lora else 0.0
+    return {"group_size": group, "spinquant": args.get("spinquant") is True,
+            "lora_rank": lora["rank"] if lora else 0, "lora_scale": scale}
+
+
+def _meta_scales(state: dict, name: str, rows: int, path: Path) -> torch.Tensor:
+    key = name.removesuffix(".weight") + ".scales"
+    scales = state.get(key)
+    if scales is None:
+        raise CheckpointError(f"int8 tensor {name!r} has no {key!r}", path=path,
+                              fix="the checkpoint is incomplete: re-download it")
+    if not scales.is_floating_point():
+        raise CheckpointError(f"{key!r} has dtype {str(scales.dtype).removeprefix('torch.')}, not a float dtype",
+                              path=path, fix="the checkpoint is damaged: re-download it")
+    if scales.dim() == 1 and scales.shape[0] == rows:
+        scales = scales.unsqueeze(1)  # one scale per row
+    return scales.to(torch.float32)
+
+
+def meta_quantized_state(raw: dict[str, torch.Tensor], args: dict, path: Path
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, PrequantizedTensor], dict]:
+    """Meta's quantized state dict -> (float state the loaders return, {name: record}, what was found).
+    The float state holds each layer's float_weight(): the reference model of exactly these integers."""
+    group, spin, rank = args["group_size"], args["spinquant"], args["lora_rank"]
+    state: dict[str, torch.Tensor] = {}
+    records: dict[str, PrequantizedTensor] = {}
+    adaptors = {k for k in raw if ".adaptor." in k}
+    for name, tensor in raw.items():
+        if name.endswith((".scales", ".zeros")) or name in adaptors:
+            continue
+        if tensor.dtype != torch.int8:
+            if not tensor.is_floating_point():
+                raise CheckpointError(f"tensor {name!r} has dtype {tensor.dtype}", path=path,
+                                      fix="pass Meta's consolidated.00.pth as downloaded")
+            if name.endswith(".weight") and tensor.dim() == 2 and name.removesuffix(".weight") + ".scales" in raw:
+                raise CheckpointError(f"tensor {name!r} has scales but is {tensor.dtype}, not int8", path=path,
+                                      fix="the checkpoint is damaged: re-download it")
+            state[name] = tensor
+            continue
+        if tensor.dim() != 2:
+            raise CheckpointError(f"int8 tensor {name!r} has shape {list(tensor.shape)}, expected a matrix",
+                                  path=path, fix="pass Meta's consolidated.00.pth as downloaded")
+        rows, columns = tensor.shape
+        scales = _meta_scales(raw, name, rows, path)
+        block = name.startswith("layers.")
+        if block and scales.shape != (rows, columns // group):
+            raise CheckpointError(f"{name.removesuffix('.weight')}.scales has shape {list(scales.shape)}, expected "
+                                  f"{[rows, columns // group]} (group size {group} from quantization_args)",
+                                  path=path, fix="restore params.json and the checkpoint from the same download")
+        if not block and scales.shape != (rows, 1):
+            raise CheckpointError(f"{name.removesuffix('.weight')}.scales has shape {list(scales.shape)}, expected "
+                                  f"[{rows}] (one scale per row)", path=path, fix="re-download the checkpoint")
+        record = PrequantizedTensor(qdata=tensor, scale=scales, bits=4 if block else 8,
+                                    group_size=group if block else columns,
+                                    source=f"int4 g{group}" if block else "int8 per row")
+        a_key, b_key = name.removesuffix("weight") + "adaptor.A.weight", name.removesuffix("weight") + "adaptor.B.weight"
+        if a_key in raw or b_key in raw:
+            if a_key not in raw or b_key not in raw:
+                raise CheckpointError(f"{name!r} has half a LoRA adaptor ({a_key if a_key in raw else b_key})",
+                                      path=path, fix="re-download the checkpoint")
+            a, b = raw[a_key], raw[b_key]
+            if rank and (tuple(a.shape) != (rank, columns) or tuple(b.shape) != (rows, rank)):
+                raise CheckpointError(f"LoRA adaptor of {name!r} has shapes {list(a.shape)}/{list(b.shape)}, "
+                                      f"expected {[rank, columns]}/{[rows, rank]} (lora_args rank {rank})",
+                                      path=path, fix="restore params.json and the checkpoint from the same download")
+            record.lora_a, record.lora_b, record.lora_scale = a, b, args["lora_scale"]
+        record.online_hadamard = spin and name.endswith("feed_forward.w2.weight")
+        records[name] = record
+        state[name] = record.float_weight()
+    used = {k.removesuffix(".scales") + ".weight" for k in raw if k.endswith(".scales")}
+    orphans = sorted(k for k in used if k not in records)
+    if orphans:
+        raise CheckpointError(f"scales for {orphans[0]!r}, which is not an int8 matrix", path=path,
+                              fix="the checkpoint is damaged: re-download it")
+    stray = sorted(k for k in adaptors if k.replace("adaptor.A.", "").replace("adaptor.B.", "") not in records)
+    if stray:
+        raise CheckpointError(f"LoRA adaptor {stray[0]!r} belongs to no quantized layer", path=path,
+                              fix="the checkpoint is damaged: re-download it")
+    lora = any(r.lora_a is not None for r in records.values())
+    kind = "SpinQuant" if spin else ("QAT+LoRA" if lora else "QAT")
+    info = {"format": "meta", "scheme": f"Meta {kind} INT4 EO8", "kept": True, "requantizable": False,
+            "group_size": group, "spinquant": spin, "online_hadamard": "w2 input" if spin else None,
+            "lora_rank": rank if lora else 0, "lora_scale": args["lora_scale"] if lora else None,
+            "tensor_types": dict(sorted(Counter(r.source for r in records.values()).items()))}
+    return state, records, info

@@ -8,6 +8,15 @@ from collections import defaultdict
 
 import torch
 from torch import nn
+from torchao.core.config import config_to_dict
+from torchao.quantization import (
+    Int8DynamicActivationIntxWeightConfig,
+    IntxWeightOnlyConfig,
+    quantize_,
+)
+from torchao.quantization.granularity import PerAxis, PerGroup
+from torchao.quantization.quant_primitives import MappingType
+from torchao.quantization.transform_module import _QUANTIZE_CONFIG_HANDLER
 
 from llama_mobile.core.errors import ExportError
 from llama_mobile.quantize.calibrate import Calibrator, calibrates
@@ -19,12 +28,6 @@ log = logging.getLogger(__name__)
 
 def torchao_config(quant: LayerQuant, *, embedding: bool = False):
     """The torchao config for one layer scheme, or None to leave the layer in float."""
-    from torchao.quantization import (
-        Int8DynamicActivationIntxWeightConfig,
-        IntxWeightOnlyConfig,
-    )
-    from torchao.quantization.granularity import PerAxis, PerGroup
-    from torchao.quantization.quant_primitives import MappingType
 
     if quant.is_float:
         return None
@@ -70,7 +73,6 @@ class PartQuantizer:
 
     def quantize(self, prefix: str) -> None:
         """Quantize the embeddings and linears named ``prefix`` or under it ("" is the whole model)."""
-        from torchao.quantization import quantize_
 
 
         def inside(name: str) -> bool:
@@ -117,7 +119,6 @@ class PartQuantizer:
         """Calibration picks the layer's integers and scales; torchao's own handler for the recipe's config
         stores them, given as a custom scale (how torchao's QAT convert hands over learned scales).
         False when the layer saw no calibration input (it is then quantized as usual)."""
-        from torchao.quantization.transform_module import _QUANTIZE_CONFIG_HANDLER
 
         module = self.model.get_submodule(name)
         solved = self.calibrator.solve(name, module.weight, quant)
@@ -149,7 +150,6 @@ class PartQuantizer:
 
 
 def _config_dict(config) -> dict:
-    from torchao.core.config import config_to_dict
 
     return config_to_dict(config)
 

@@ -28,8 +28,10 @@ from llama_mobile.quantize.recipe import LayerQuant, Override, Recipe, Threshold
 AS_PUBLISHED = "as-published"  # the recipe name that means: the checkpoint's own quantization
 
 # The gate for a program built from the checkpoint's own integers against the float model of the same
-# integers: only XNNPACK's bf16 group scales and int8 dynamic activations separate them.
-AS_PUBLISHED_THRESHOLDS = Thresholds(min_top1=0.9, min_cosine=0.99, max_ppl_ratio=1.05, max_kl_mean=0.05)
+# integers: only XNNPACK's bf16 group scales and int8 per-token dynamic activations separate them
+# (SmolLM2-135M as a Q4_0 GGUF: top-1 0.91, KL 0.021, ppl ratio 1.012 over 256 positions; most of it is
+# the activation quantization, which the eager torchao model shows too).
+AS_PUBLISHED_THRESHOLDS = Thresholds(min_top1=0.8, min_cosine=0.98, max_ppl_ratio=1.1, max_kl_mean=0.1)
 
 
 def placeholder_recipe() -> Recipe:
@@ -98,8 +100,11 @@ class GroupLinear(nn.Module):
             linear.weight = nn.Parameter(intx_tensor(values, part_scale, 4, group_size, dynamic=True),
                                          requires_grad=False)
             self.parts.append(linear)
-        self.offset = None
+        self.offset = self.group_sum = None
         if bool(shift.any()):
+            # each group's sum as a 32 -> 1 linear (XNNPACK runs it; a sum op would fall to portable kernels)
+            self.group_sum = nn.Linear(group_size, 1, bias=False)
+            self.group_sum.weight = nn.Parameter(torch.ones(1, group_size), requires_grad=False)
             self.offset = nn.Linear(columns // group_size, rows, bias=False)  # the group sums' weights
             self.offset.weight = nn.Parameter(shift.to(torch.float32) * scale, requires_grad=False)
 
@@ -117,7 +122,7 @@ class GroupLinear(nn.Module):
         for part in self.parts[1:]:
             out = out + part(x)
         if self.offset is not None:
-            out = out + self.offset(x.unflatten(-1, (-1, self.group_size)).sum(-1))
+            out = out + self.offset(self.group_sum(x.unflatten(-1, (-1, self.group_size))).squeeze(-1))
         return out
 
     def dense(self) -> torch.Tensor:
@@ -126,6 +131,48 @@ class GroupLinear(nn.Module):
         if self.offset is not None:
             weight = weight + self.offset.weight.repeat_interleave(self.group_size, dim=1)
         return weight
+
+
+class LoraLinear(nn.Module):
+    """Meta's QAT+LoRA layer: the quantized linear plus its float adaptor, y = W x + scale * B (A x)."""
+
+    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float):
+        super().__init__()
+        self.base, self.scale = base, float(scale)
+        self.lora_a = nn.Linear(a.shape[1], a.shape[0], bias=False)
+        self.lora_a.weight = nn.Parameter(a.to(torch.float32), requires_grad=False)
+        self.lora_b = nn.Linear(b.shape[1], b.shape[0], bias=False)
+        self.lora_b.weight = nn.Parameter(b.to(torch.float32), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * self.lora_b(self.lora_a(x))
+
+
+class HadamardInput(nn.Module):
+    """SpinQuant's R4: the layer sees its input through a normalized Hadamard transform, computed online by
+    ExecuTorch's llama::fast_hadamard_transform (what `--use_spin_quant native` injects before w2)."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(torch.ops.llama.fast_hadamard_transform(x))
+
+
+def per_row_ready(record) -> tuple[torch.Tensor, torch.Tensor]:
+    """(qdata, scale) with the positive scales XNNPACK needs: a zero-scale row (an unused token's) holds
+    zeros with scale 1; a negative-scale row is negated. The weight they stand for is unchanged."""
+    qdata, scale = record.qdata, record.scale.to(torch.float32)
+    if bool((scale > 0).all()):
+        return qdata, scale
+    per_value = lambda mask: mask.repeat_interleave(record.group_size, dim=1)  # noqa: E731
+    zero, negative = scale == 0, scale < 0
+    if bool((qdata[per_value(negative)] == -128).any()):
+        raise ExportError("a negative-scale row holds -128, which has no positive-scale form",
+                          fix="export with --requantize")
+    qdata = torch.where(per_value(negative), -qdata, torch.where(per_value(zero), torch.zeros_like(qdata), qdata))
+    return qdata, torch.where(zero, torch.ones_like(scale), scale.abs())
 
 
 class PrequantizedQuantizer:
@@ -142,6 +189,7 @@ class PrequantizedQuantizer:
         self.schemes: dict[str, LayerQuant] = {}
         self.sources: dict[str, str] = {}
         self.split: list[str] = []  # linears held as GroupLinear
+        self.shared = False  # the tied embedding reads the output layer's int8 matrix
 
     def _record(self, name: str):
         key = "tok_embeddings.weight" if (self.tied and name == "output") else f"{name}.weight"
@@ -165,19 +213,42 @@ class PrequantizedQuantizer:
         for name, module in targets:
             record = self._record(name)
             embedding = isinstance(module, nn.Embedding)
-            if not module.weight.is_meta and not torch.equal(module.weight, record.dequantize()):
+            if not module.weight.is_meta and not torch.equal(module.weight, record.float_weight()):
                 raise ExportError(f"{name}: the float weights are not the checkpoint's integers x scales",
                                   fix="report this; export with --requantize meanwhile")
             self.schemes[name] = layer_quant(record, embedding=embedding)
             self.sources[name] = record.source
-            if not embedding and GroupLinear.needed(record):
-                parent, _, child = name.rpartition(".")
-                split = GroupLinear(record.qdata, record.scale, record.bits, record.group_size)
-                setattr(self.model.get_submodule(parent) if parent else self.model, child, split)
-                self.split.append(name)
+            if embedding:
+                output = getattr(self.model, "output", None)
+                if self.tied and self._shares(record) and isinstance(output, nn.Linear) and \
+                        type(output.weight) not in (torch.Tensor, nn.Parameter):
+                    module.weight = output.weight  # one int8 matrix for the lookup and the output matmul
+                    self.shared = True
+                    continue
+                module.weight = nn.Parameter(intx_tensor(record.qdata, record.scale, record.bits,
+                                                         record.group_size, dynamic=False), requires_grad=False)
                 continue
-            module.weight = nn.Parameter(intx_tensor(record.qdata, record.scale, record.bits, record.group_size,
-                                                     dynamic=not embedding), requires_grad=False)
+            if GroupLinear.needed(record):
+                layer = GroupLinear(record.qdata, record.scale, record.bits, record.group_size)
+                self.split.append(name)
+            else:
+                qdata, scale = per_row_ready(record) if record.group_size == record.qdata.shape[1] else \
+                    (record.qdata, record.scale)
+                module.weight = nn.Parameter(intx_tensor(qdata, scale, record.bits, record.group_size, dynamic=True),
+                                             requires_grad=False)
+                layer = module
+            if record.lora_a is not None:
+                layer = LoraLinear(layer, record.lora_a, record.lora_b, record.lora_scale)
+            if record.online_hadamard:
+                layer = HadamardInput(layer)
+            if layer is not module:
+                parent, _, child = name.rpartition(".")
+                setattr(self.model.get_submodule(parent) if parent else self.model, child, layer)
+
+    @staticmethod
+    def _shares(record) -> bool:
+        """A tied matrix stored once: int8 per row serves the embedding lookup and the output matmul."""
+        return record.bits == 8 and record.group_size == record.qdata.shape[1]
 
     def finish(self) -> dict[str, dict]:
         """Every matrix holds the checkpoint's integers; the configs that describe them, for the manifest."""
@@ -185,7 +256,7 @@ class PrequantizedQuantizer:
 
         missed = [name for name, m in self.model.named_modules()
                   if isinstance(m, (nn.Linear, nn.Embedding)) and type(m.weight) in (torch.Tensor, nn.Parameter)
-                  and not name.endswith(".offset") and name != "output_mix"]
+                  and not name.endswith((".offset", ".group_sum", ".lora_a", ".lora_b")) and name != "output_mix"]
         if missed:
             raise ExportError(f"{len(missed)} weight matrices got no quantized weights (first: {missed[0]})",
                               fix="export with --requantize")
@@ -193,6 +264,9 @@ class PrequantizedQuantizer:
         for name, quant in self.schemes.items():
             groups.setdefault((quant, self.sources[name], name == "tok_embeddings"), []).append(name)
         applied = {}
+        if self.shared:
+            applied["embedding:tok_embeddings"] = {"shared_with": "output"}
+            groups = {key: names for key, names in groups.items() if not key[2]}
         for (quant, source, embedding), names in groups.items():
             kind = "embedding" if embedding else "linear"
             described = ",".join(names) if len(names) <= 4 else f"{len(names)} layers incl. {names[0]}"

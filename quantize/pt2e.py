@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import logging
 
+import torch
+from torch.export import Dim
+from torchao.quantization.pt2e import MinMaxObserver
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
 from llama_mobile.quantize.recipe import Pt2eQuant
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,6 @@ def build_quantizer(settings: dict, chip: str | None = None):
         quantizer = NeuropilotQuantizer()
         quantizer.setup_precision(Precision[settings["precision"]])
         return quantizer
-    import torch
     from executorch.backends.qualcomm.quantizer.quant_recipe import (
         QuantGranularity,
         QuantRecipe,
@@ -62,7 +66,6 @@ def build_quantizer(settings: dict, chip: str | None = None):
         QuantDtype,
     )
     from executorch.backends.qualcomm.serialization.qc_schema import QcomChipset
-    from torchao.quantization.pt2e import MinMaxObserver
 
     observers = {"MinMaxObserver": MinMaxObserver}
 
@@ -85,8 +88,6 @@ def build_quantizer(settings: dict, chip: str | None = None):
 def quantize_graph(model, quantizer, example_inputs: tuple, calibration: list[tuple], dynamic_shapes=None):
     """torch.export -> prepare_pt2e -> run the calibration inputs -> convert_pt2e. Returns the
     quantized GraphModule (quantize/dequantize nodes around every annotated op)."""
-    import torch
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     with torch.no_grad():
         graph = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False).module()
@@ -100,8 +101,6 @@ def quantize_graph(model, quantizer, example_inputs: tuple, calibration: list[tu
 def quantize_for_target(model, recipe, target, token_ids, max_seq_len: int):
     """Quantize ``model`` with the target backend's quantizer, calibrated by prefilling the evaluation
     tokens. Returns (quantized GraphModule, the record the manifest keeps)."""
-    import torch
-    from torch.export import Dim
 
     settings = quant_settings(recipe.pt2e)
     chip = target.options.chip

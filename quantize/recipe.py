@@ -26,7 +26,7 @@ from llama_mobile.quantize.patterns import PatternError, SafePattern, compile_pa
 
 RECIPE_SCHEMA_VERSION = 1
 RECIPE_DIR = Path(__file__).parent / "recipes"
-DEFAULT_RECIPE = "8da4w-mixed"  # what `export` uses when neither --recipe nor a device names one
+DEFAULT_RECIPE = "8da4w-mixed-gptq"  # what `export` uses when neither --recipe nor a device names one
 
 ALGORITHMS = ("affine", "hqq")
 # Whole-graph PT2E quantization by an NPU backend's own quantizer: static activations calibrated on

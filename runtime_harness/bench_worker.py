@@ -13,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from llama_mobile.core.bundle import Bundle
 from llama_mobile.core.manifest import read_manifest
 from llama_mobile.core.memory import peak_rss_bytes, resident_bytes
 from llama_mobile.runtime_harness.generate import Runner
+from llama_mobile.runtime_harness.llama_cpp_build import llama_cpp_module
 from llama_mobile.runtime_harness.program import load_runtime_ops
 
 BASELINE = 0
@@ -41,12 +44,12 @@ def executorch_run(bundle: Path, prompt: str, new_tokens: int, threads: int) -> 
 def llama_cpp_last_logits(llm):
     """The last evaluated position's logits. Llama.scores is only filled with logits_all=True (and has
     n_batch rows otherwise), so read the context's own buffer, as llama.cpp's samplers do."""
-    import numpy as np
 
     return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
 
 
 def llama_cpp_run(gguf: Path, prompt: str, new_tokens: int, threads: int) -> dict:
+    llama_cpp_module()  # `llama-mobile peer build`'s library, when there is one
     from llama_cpp import Llama
 
     global BASELINE

@@ -82,8 +82,9 @@ def check_messages(messages) -> list[dict]:
         if role not in ROLES:
             raise ConfigError(f"message {number} has role {role!r}", fix=f"use one of: {', '.join(ROLES)}")
         content = message.get("content")
-        if content is None and role == "assistant" and message.get("tool_calls"):
-            checked.append(dict(message))
+        if (content is None and role == "assistant" and message.get("tool_calls")) or \
+                (role == "tool" and content is not None and not isinstance(content, str)):
+            checked.append(dict(message))  # tool calls / a JSON tool result: runtime_harness.tools renders them
             continue
         if not isinstance(content, str):
             raise ConfigError(f"message {number} ({role}) has no text content", fix='give it "content": "..."')
@@ -200,12 +201,23 @@ class RunnerEngine:
 
         config = GenerationConfig(echo=False, max_new_tokens=max_new_tokens, temperature=temperature,
                                   num_bos=0, num_eos=0)
-        pieces, stats = [], []
+        pieces, stats, streamed = [], [], [0, False]  # characters passed on; a stop token seen
 
         def emit(piece: str) -> None:
+            # Raw pieces are kept (the stop token tells how the reply ended); the caller is streamed the reply
+            # only: nothing from a stop token on, and a tail that could begin one is held back.
             pieces.append(piece)
-            if on_text:
-                on_text(piece)
+            if not on_text or streamed[1]:
+                return
+            text = "".join(pieces)
+            found = [text.find(h) for h in hide if h and h in text]
+            end = min(found) if found else len(text) - max(
+                (n for h in hide if h for n in range(min(len(h), len(text)), 0, -1) if h.startswith(text[-n:])),
+                default=0)
+            if end > streamed[0]:
+                on_text(text[streamed[0]:end])
+                streamed[0] = end
+            streamed[1] = bool(found)
 
         try:
             with _capture_native_stdout(emit, ()):
@@ -215,10 +227,16 @@ class RunnerEngine:
         if not stats:
             raise RuntimeFailure("the runner returned no statistics", fix="re-export the bundle")
         printed = "".join(pieces)
+        if on_text and not streamed[1] and len(printed) > streamed[0]:
+            on_text(printed[streamed[0]:])  # a held-back tail that was no stop token after all
         generated = stats[-1].num_generated_tokens
         # A reply cut by max_new_tokens has fed max_new_tokens - 1 tokens (its last one is only sampled);
         # fewer means a stop token ended it. Exactly that many is ambiguous: the caller rebuilds the cache.
-        stopped = any(printed.rstrip().endswith(h) for h in hide if h) or generated < max_new_tokens - 1
+        # The runner prints the stop token, then a newline of its own: the reply ends before the stop token.
+        ends = [printed.rfind(h) for h in hide if h and printed.rstrip().endswith(h)]
+        stopped = bool(ends) or generated < max_new_tokens - 1
+        if ends:
+            printed = printed[:max(ends)]
         for h in hide:
             printed = printed.replace(h, "")
         # Measured on TextLLMRunner (tests/test_chat.py): num_generated_tokens counts the fed ones.
@@ -247,6 +265,11 @@ class Conversation:
         self.messages = [{"role": "system", "content": system}] if system is not None else []
         self.first, self.dropped, self.cached_text, self._stale = 0, 0, "", False
         self.engine.reset()
+
+    def load(self, messages: list[dict]) -> None:
+        """A whole conversation (checked, tool calls rendered as text) in place of this one; empty cache."""
+        self.reset()
+        self.messages = [{"role": m["role"], "content": m["content"]} for m in messages]
 
     @property
     def window(self) -> list[dict]:
@@ -286,8 +309,9 @@ class Conversation:
         if isinstance(self.engine, RunnerEngine):
             text, finish, stats = self.engine.run_text(delta_text, len(delta), max_new, temperature, on_text,
                                                        self.stop_names)
-            ids, first_ms, decode_tps, generated = [], stats.time_to_first_token_ms, stats.decode_tokens_per_s, \
-                stats.generated_tokens
+            # The runner counts the tokens it fed; a reply cut by the limit has one more, only sampled.
+            ids, first_ms, decode_tps = [], stats.time_to_first_token_ms, stats.decode_tokens_per_s
+            generated = stats.generated_tokens + (0 if finish == "stop" else 1)
             self._stale = finish != "stop"
         else:
             text, ids, finish, first_ms, decode_tps = self.engine.run(delta, max_new, temperature, on_text, seed)

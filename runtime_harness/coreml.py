@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from llama_mobile.runtime_harness.metrics import ParityMetrics, compare_logits
@@ -39,7 +40,6 @@ def _cast_floats(model: torch.nn.Module, dtype: torch.dtype) -> None:
 def coreml_logits_per_position(mlpackage: Path, token_ids: list[int], compute_units: str = "all") -> torch.Tensor:
     """Run the Core ML model token by token (macOS only): logits [positions, vocab]."""
     import coremltools as ct
-    import numpy as np
 
     model = ct.models.MLModel(str(mlpackage), compute_units=ct.ComputeUnit[compute_units.upper()])
     spec = model.get_spec().description

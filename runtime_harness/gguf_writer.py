@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 from gguf import TokenType
@@ -112,7 +113,6 @@ def check_convertible(arch: Architecture) -> None:
 
 def write_gguf(loaded: LoadedModel, destination: Path, name: str = "llama-mobile peer") -> Path:
     """Write `loaded` as an F16 GGUF (norms and RoPE factors in F32), atomically."""
-    import gguf
 
     arch = loaded.architecture
     check_convertible(arch)

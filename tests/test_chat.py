@@ -196,3 +196,87 @@ def test_context_vectors():
                 fit_history(template, case["messages"], len, case["budget"])
         else:
             assert fit_history(template, case["messages"], len, case["budget"]) == case["dropped"], case["name"]
+
+
+# --- the commands ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_turns_bundle(tiny_chat_bundle, tmp_path_factory):
+    """The tiny bundle with a multi-turn template in its manifest (the manifest itself is not hashed)."""
+    import dataclasses
+    import shutil
+
+    folder = tmp_path_factory.mktemp("turns") / "bundle"
+    shutil.copytree(tiny_chat_bundle.path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["prompt_template"] = {k: v for k, v in dataclasses.asdict(TINY_TEMPLATE).items() if v is not None}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def cli(*args, stdin: str | None = None):
+    import subprocess
+    import sys
+
+    command = [str(Path(sys.executable).with_name("llama-mobile")), *map(str, args)]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=600)
+
+
+def test_chat_command_reads_stdin_lines(tiny_turns_bundle):
+    done = cli("chat", tiny_turns_bundle, "--max-new-tokens", "4",
+               stdin="Hi there\n/system Be short\nHello\n/tool {\"t\": 1}\n/reset\nAgain\n/quit\nnever read\n")
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("(prefill")]
+    assert len(notes) == 4  # Hi there, Hello, the tool result, Again
+    assert "system prompt set" in done.stderr and "conversation reset" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("messages, tools, code", [
+    ('[{"role": "user", "content": "x"', None, 4),  # not JSON
+    ([{"role": "narrator", "content": "x"}], None, 4),  # unknown role
+    ([{"role": "user", "content": 5}], None, 4),
+    ({"role": "user", "content": "x"}, None, 4),  # not a list
+    ([{"role": "user", "content": "x"}], "[{\"name\": ", 4),  # tools not JSON
+    ([{"role": "user", "content": "x"}], [{"name": "get weather"}], 4),  # a bad tool name
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], None, 4),  # nothing to answer
+    ([{"role": "user", "content": "word " * 400}], None, 9),  # longer than the context on its own
+])
+def test_generate_messages_bad_input_is_one_line(tiny_turns_bundle, tmp_path, messages, tools, code):
+    args = ["generate", tiny_turns_bundle, "--messages", write(tmp_path, "m.json", messages), "--json"]
+    if tools is not None:
+        args += ["--tools", write(tmp_path, "t.json", tools)]
+    done = cli(*args)
+    assert done.returncode == code, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+
+
+def test_generate_prompt_and_messages_together_is_a_usage_error(tiny_turns_bundle, tmp_path):
+    done = cli("generate", tiny_turns_bundle, "--prompt", "x", "--messages", write(tmp_path, "m.json", []))
+    assert done.returncode == 2 and done.stderr.startswith("error: ")
+
+
+def test_generate_messages_with_tools_and_a_long_history(tiny_turns_bundle, tmp_path):
+    history = [{"role": "system", "content": "Sys"}]
+    for turn in range(20):
+        history += [{"role": "user", "content": f"question {turn} about things"},
+                    {"role": "assistant", "content": f"answer {turn}"}]
+    history.append({"role": "user", "content": "last"})
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    done = cli("generate", tiny_turns_bundle, "--messages", write(tmp_path, "m.json", history), "--json",
+               "--max-new-tokens", "4")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["dropped_messages"] > 0 and "tool_calls" not in out
+    done = cli("generate", tiny_turns_bundle, "--messages", write(tmp_path, "m.json", history[-1:]), "--tools",
+               write(tmp_path, "t.json", tools), "--json", "--max-new-tokens", "4")
+    # The tools' system prompt alone is longer than the tiny context: the policy cannot help.
+    assert done.returncode == 9 and "does not fit the context" in done.stderr
+

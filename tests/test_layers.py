@@ -171,11 +171,51 @@ def test_a_breach_is_caught(tmp_path, monkeypatch):
 
 
 def test_the_cli_loads_no_heavy_library_until_a_command_runs():
-    """`llama-mobile --help` stays instant: importing the command line loads none of the heavy libraries."""
+    """`llama-mobile --help` and `targets` stay instant: the command line and the backend registry load none
+    of the heavy libraries."""
     import subprocess
     import sys
 
-    probe = ("import sys, llama_mobile.cli; "
+    probe = ("import sys, llama_mobile.cli, llama_mobile.export.backends; "  # `targets` reads the registry
              f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+# Optional dependencies: extras or SDKs that may be absent, imported where they are used.
+OPTIONAL = ("llama_cpp", "matplotlib", "coremltools", "mtk_converter", "mtk_neuron", "executorch.backends.qualcomm",
+            "executorch.backends.mediatek", "executorch.backends.apple")
+# Modules that defer their third-party imports, and why (anything else imports at the top).
+DEFERRED = {
+    "llama_mobile.core": "core is read by `--help` and every command: it stays free of heavy libraries",
+    "llama_mobile.cli": "commands load their jobs (and torch) only when they run",
+    "llama_mobile.export.backends": "the backend registry is read by `targets`; a backend's libraries load when "
+                                    "it lowers",
+    "llama_mobile.export.coreml_package": "imported by the Core ML backend, which the light registry loads",
+    "llama_mobile.quantize.recipe": "the CLI reads the recipe registry for its choices",
+    "llama_mobile.quantize.patterns": "the CLI reads the recipe registry for its choices",
+    "llama_mobile.export.model": "the model needs only torch; ExecuTorch's LLM ops register when asked",
+    "llama_mobile.runtime_harness.program": "ExecuTorch's kernels register when a program is loaded",
+    "llama_mobile.runtime_harness.generate": "ExecuTorch's kernels register when a program is loaded",
+    "llama_mobile.runtime_harness.bench_worker": "a fresh process per run: the thread pool is set before the "
+                                                 "runtime loads",
+    "llama_mobile.export.lower": "a patch imports the private module it patches only when it is on "
+                                 "(core/patches.py)",
+    "llama_mobile.quantize.rowwise": "a patch imports the private module it patches only when it is on",
+    "llama_mobile.export.gguf_loader": "a patch imports the private module it patches only when it is on; "
+                                       "transformers only for a GGUF without tokenizer.json",
+    "llama_mobile.export.rotation": "torchao's spinquant prints at import: loaded only when a recipe rotates",
+}
+
+
+def test_deferred_imports_have_a_reason():
+    problems = []
+    for module, path in modules().items():
+        if any(module == m or module.startswith(m + ".") for m in DEFERRED):
+            continue
+        for name, in_function, line in imports(path, module):
+            if not in_function or name.startswith("llama_mobile") or \
+                    any(name == o or name.startswith(o + ".") for o in OPTIONAL):
+                continue
+            problems.append(f"{path.relative_to(ROOT)}:{line}: {name} imported inside a function")
+    assert not problems, "\n".join(problems)

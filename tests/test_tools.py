@@ -38,7 +38,7 @@ def test_the_prompt_is_meta_s_llama_3_2_example_word_for_word():
     if not META_FORMAT.is_file():
         pytest.skip("llama_models is not installed in .venv")
     text = META_FORMAT.read_text(encoding="utf-8")
-    start = text.index("<|begin_of_text|><|start_header_id|>system")
+    start = text.index("<|begin_of_text|><|start_header_id|>system", text.index("## Zero shot function calling"))
     example = text[start: text.index("<|eot_id|>", start)]
     assert PROMPTS["prompts"][0]["expected"].startswith(example + "<|eot_id|>")
     assert PROMPTS["instructions"] == TOOL_INSTRUCTIONS

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from llama_mobile.core.reports import OURS, PEER
+from llama_mobile.core.reports import OURS
 from llama_mobile.cli.common import FilePath, IntList, quiet_libraries, say
 
 
@@ -26,14 +26,27 @@ from llama_mobile.cli.common import FilePath, IntList, quiet_libraries, say
 @click.option("--plot", type=FilePath(path_type=Path, dir_okay=False), default=None,
               help="also write a PNG chart of the speeds (needs the bench extra: matplotlib)")
 @click.option("--quality", is_flag=True,
-              help="with --vs-llama-cpp: also top-1 / KL / perplexity ratio of both against the FP32 source")
+              help="also top-1 / KL / perplexity ratio of ours (and of every llama.cpp file: --vs-llama-cpp, "
+                   "--gguf, --peer-types) against the FP32 source on the same tokens")
+@click.option("--peer-types", "peer_types", default=None, metavar="TYPES",
+              help="with --quality: llama.cpp types made by llama-quantize from the bundle's source, e.g. "
+                   "Q4_0,IQ4_XS,Q4_K_M+imatrix ('+imatrix': with an importance matrix from llama-imatrix on the "
+                   "export's calibration text); needs `llama-mobile peer build`")
+@click.option("--imatrix", is_flag=True, help="every --peer-types type with the importance matrix")
+@click.option("--text", "texts", multiple=True, type=FilePath(path_type=Path, exists=True, dir_okay=False),
+              help="a further (held-out) text to score quality on, besides the parity text; repeatable")
+@click.option("--positions", default=256, show_default=True, type=click.IntRange(8),
+              help="token positions scored per text")
+@click.option("--quality-only", is_flag=True, help="the quality table alone: no speed runs")
+@click.option("--peer-dir", type=FilePath(path_type=Path, file_okay=False), default=None,
+              help="keep the --peer-types GGUFs here (default: a temporary folder)")
 @click.option("--runtime", type=click.Choice(["auto", "native", "python"]), default="auto", show_default=True,
               help="our side: 'native' builds a C++ runner on ExecuTorch's runtime alone (what an app links; "
                    "needs g++), 'python' uses TextLLMRunner through the Python bindings (the process holds "
                    "torch); 'auto' is native when a compiler is found")
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, plot, quality, runtime,
-          as_json):
+def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, plot, quality, peer_types,
+          imatrix, texts, positions, quality_only, peer_dir, runtime, as_json):
     """Prefill and decode tokens/s, time to first token, peak RSS and size, each run in a fresh process.
 
     \b
@@ -42,6 +55,8 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --json
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --quality --plot bench.png
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --runtime python
+      llama-mobile peer build     # once: llama.cpp's quantizer, imatrix and library
+      llama-mobile bench BUNDLE --quality-only --peer-types Q4_0,IQ4_XS+imatrix,Q4_K_M --text heldout.txt
     Run it on an idle machine: llama.cpp's threads collapse when another process shares a core.
     """
     quiet_libraries()
@@ -49,15 +64,28 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
 
     from llama_mobile.core.bundle import verify_bundle
     from llama_mobile.core.progress import Progress
-    from llama_mobile.jobs.bench_job import FIGURES, STAGES, BenchRequest, run_bench
+    from llama_mobile.jobs.bench_job import STAGES, BenchRequest, run_bench
+
+    from llama_mobile.core.errors import UsageError
+    from llama_mobile.runtime_harness.gguf_peer import parse_peer_types
 
     lengths = tuple(prompt_lengths)
+    if imatrix and not peer_types:
+        raise UsageError("--imatrix applies to --peer-types", fix="add --peer-types Q4_K_M,IQ4_XS")
+    peers = tuple(parse_peer_types(peer_types, imatrix)) if peer_types is not None else ()
+    quality = quality or quality_only or bool(peers)
+    if quality_only and (vs_llama_cpp or plot is not None):
+        raise UsageError("--quality-only measures no speed", fix="drop --vs-llama-cpp/--plot, or --quality-only")
+    if quality_only and gguf is not None:
+        vs_llama_cpp = False  # the given file joins the quality table only
     if vs_llama_cpp and gguf is None:
         from llama_mobile.runtime_harness.gguf_peer import peer_for_bundle
 
         gguf = peer_for_bundle(verify_bundle(bundle).manifest, Path(tempfile.mkdtemp(prefix="llama-mobile-peer-")))
     request = BenchRequest(bundle=bundle, prompt_lengths=lengths, new_tokens=new_tokens, runs=runs,
-                           warmup=warmup, threads=threads, llama_cpp_gguf=gguf, quality=quality, runtime=runtime)
+                           warmup=warmup, threads=threads, llama_cpp_gguf=gguf, quality=quality, runtime=runtime,
+                           peer_types=peers, texts=tuple(texts), positions=positions, quality_only=quality_only,
+                           peer_dir=peer_dir)
     report = run_bench(request, Progress(STAGES, emit=say))
     if plot is not None:
         from llama_mobile.runtime_harness.bench_plot import plot_report
@@ -66,6 +94,25 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
+    if report.measured:
+        print_speeds(report)
+    sizes = "  ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in report.size_bytes.items())
+    click.echo(f"size: {sizes}")
+    if report.quality:
+        from llama_mobile.runtime_harness.peer_quality import format_table
+
+        q = report.quality
+        click.echo(f"quality vs {q.reference} (top-1 / KL mean / ppl ratio; "
+                   + ", ".join(f"{name}: {path}" for name, path in q.texts.items()) + "):")
+        for line in format_table(q):
+            click.echo("  " + line)
+    if report.plot:
+        click.echo(f"plot: {report.plot}")
+
+
+def print_speeds(report) -> None:
+    from llama_mobile.jobs.bench_job import FIGURES
+
     click.echo(f"our side ran in the {report.runtime} runtime")
     click.echo(f"{'prompt':>6s} {'figure':>14s}" + "".join(f"{s:>22s}" for s in report.sides)
                + ("        ratio" if report.ratios else ""))
@@ -80,13 +127,3 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
             label = {"peak_rss_bytes": "peak RSS MiB", "model_rss_bytes": "model RSS MiB"}.get(figure, figure)
             click.echo(f"{length:>6s} {label:>14s}"
                        + "".join(f"{c:>22s}" for c in cells) + (f"   {ratio:8.2f}x" if ratio else ""))
-    sizes = "  ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in report.size_bytes.items())
-    click.echo(f"size: {sizes}")
-    if report.quality:
-        q = report.quality
-        click.echo(f"quality vs {q['reference']} over {q['positions']} tokens (top-1 / KL / ppl ratio):")
-        for side in (OURS, PEER):
-            m = q[side]
-            click.echo(f"  {side:>10s}  {m['top1_agreement']:.3f} / {m['kl_mean']:.3f} / {m['ppl_ratio']:.3f}")
-    if report.plot:
-        click.echo(f"plot: {report.plot}")

@@ -4,9 +4,11 @@ from __future__ import annotations
 import click
 
 from llama_mobile.cli.bench import bench
+from llama_mobile.cli.chat import chat
 from llama_mobile.cli.common import Cli
 from llama_mobile.cli.export import export
 from llama_mobile.cli.info import devices, models, plan, recipes, targets, verify
+from llama_mobile.cli.peer import peer
 from llama_mobile.cli.prune import prune
 from llama_mobile.cli.run import generate, guard
 from llama_mobile.cli.validate import validate
@@ -25,7 +27,8 @@ def main():
     """
 
 
-for command in (export, generate, validate, verify, guard, bench, models, recipes, devices, plan, targets, prune):
+for command in (export, generate, chat, validate, verify, guard, bench, models, recipes, devices, plan, targets, prune,
+                peer):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -12,26 +12,38 @@ from llama_mobile.cli.common import FilePath, Finite, Text, quiet_libraries, say
 
 @click.command()
 @click.argument("bundle", type=FilePath(path_type=Path))
-@click.option("--prompt", required=True, type=Text(), help="the user message")
+@click.option("--prompt", default=None, type=Text(), help="the user message")
+@click.option("--messages", "messages_file", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
+              help='a whole conversation: JSON [{"role": "system"|"user"|"assistant"|"tool", "content": ...}]; '
+              "one reply to it")
+@click.option("--tools", "tools_file", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="tool definitions (JSON, OpenAI-style); the reply's tool calls are parsed (Llama 3.2 format)")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--temperature", default=0.0, show_default=True, type=Finite(0.0),
               help="0 is greedy")
 @click.option("--raw", is_flag=True, help="send the prompt as is, without the bundle's chat template "
               "(special tokens written in it are parsed)")
 @click.option("--json", "as_json", is_flag=True, help="print text and speed as JSON instead of streaming")
-def generate(bundle, prompt, max_new_tokens, temperature, raw, as_json):
+def generate(bundle, prompt, messages_file, tools_file, max_new_tokens, temperature, raw, as_json):
     """Stream a reply from a bundle through ExecuTorch's TextLLMRunner.
 
     \b
-    Example:
+    Examples:
       llama-mobile generate out/smollm2-135m-instruct-8da4w-mixed-xnnpack --prompt "Name three planets."
+      llama-mobile generate BUNDLE --messages conversation.json --tools tools.json --json
     """
     quiet_libraries()
     from llama_mobile.core.bundle import verify_bundle
-    from llama_mobile.core.errors import RuntimeFailure
+    from llama_mobile.core.errors import RuntimeFailure, UsageError
     from llama_mobile.core.tokenizer import Tokenizer, chat_prompt
     from llama_mobile.runtime_harness.generate import Runner
 
+    if (prompt is None) == (messages_file is None):
+        raise UsageError("give either --prompt or --messages", fix="pass --prompt TEXT or --messages FILE")
+    if raw and (messages_file or tools_file):
+        raise UsageError("--raw sends one prompt as is", fix="drop --raw with --messages or --tools")
+    if messages_file or tools_file:
+        return _generate_conversation(bundle, prompt, messages_file, tools_file, max_new_tokens, temperature, as_json)
     verified = verify_bundle(bundle)
     # The message cannot write control tokens (<|im_end|>, <|eot_id|>...); --raw sends the caller's text as is.
     text = prompt if raw else chat_prompt(verified.chat_template, prompt)
@@ -55,6 +67,52 @@ def generate(bundle, prompt, max_new_tokens, temperature, raw, as_json):
          f"first token {s.time_to_first_token_ms:.0f} ms; decode {s.generated_tokens} tokens "
          f"at {s.decode_tokens_per_s:.1f} tok/s")
 
+
+
+def _generate_conversation(bundle, prompt, messages_file, tools_file, max_new_tokens, temperature, as_json):
+    """One reply to a whole conversation (and tools): the chat core's rendering and context policy."""
+    from llama_mobile.cli.chat import open_conversation, read_json_file
+    from llama_mobile.core.bundle import verify_bundle
+    from llama_mobile.runtime_harness.chat import check_messages
+    from llama_mobile.runtime_harness.tools import parse_reply, read_tools, render_messages, with_tools
+
+    verified = verify_bundle(bundle)
+    if messages_file:
+        messages = check_messages(read_json_file(messages_file, "conversation"))
+    else:
+        messages = [{"role": "user", "content": prompt}]
+    tools = read_tools(read_json_file(tools_file, "tools file")) if tools_file else []
+    prepared = render_messages(with_tools(messages, tools))
+    if not prepared or prepared[-1]["role"] == "assistant":
+        from llama_mobile.core.errors import ConfigError
+
+        raise ConfigError("the conversation ends with an assistant message: nothing to reply to",
+                          path=messages_file, fix="end it with a user or tool message")
+    conversation = open_conversation(verified, "runner", None)
+    conversation.load(prepared)
+    stream = None if as_json else (lambda piece: click.echo(piece, nl=False))
+    reply = conversation.reply(max_new_tokens=max_new_tokens, temperature=temperature, on_text=stream)
+    parsed = parse_reply(reply.text, tools) if tools else None
+    if as_json:
+        out = {"text": reply.text, "finish": reply.finish, "dropped_messages": reply.dropped_messages,
+               "stats": {"prompt_tokens": reply.prompt_tokens, "generated_tokens": reply.generated_tokens,
+                         "time_to_first_token_ms": reply.time_to_first_token_ms,
+                         "decode_tokens_per_s": reply.decode_tokens_per_s}}
+        if parsed is not None:
+            out["tool_calls"] = parsed.to_dict()["tool_calls"]
+            out["tool_call_error"] = parsed.error
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    click.echo("")
+    sys.stdout.flush()
+    if parsed is not None and parsed.calls:
+        click.echo("tool_calls: " + json.dumps(parsed.to_dict()["tool_calls"], ensure_ascii=False))
+    elif parsed is not None and parsed.error:
+        say(f"(not a valid tool call, kept as text: {parsed.error})")
+    if reply.dropped_messages:
+        say(f"({reply.dropped_messages} oldest messages dropped to fit the context)")
+    say(f"prompt {reply.prompt_tokens} tokens, first token {reply.time_to_first_token_ms:.0f} ms; decode "
+        f"{reply.generated_tokens} tokens at {reply.decode_tokens_per_s:.1f} tok/s")
 
 
 @click.command()

@@ -97,6 +97,42 @@ class ValidationReport:
 
 
 @dataclass
+class QualityScore:
+    """One artifact against the FP32 reference on one text."""
+
+    top1_agreement: float
+    kl_mean: float
+    ppl_ratio: float
+    cosine_mean: float
+
+
+@dataclass
+class QualityRow:
+    artifact: str  # "executorch" or "llama.cpp <TYPE>[+imatrix]"
+    side: str  # OURS or PEER
+    size_bytes: int  # what the app (or llama.cpp) loads
+    scores: dict[str, QualityScore]  # text name -> score
+    gguf_type: str | None = None
+    imatrix: bool = False
+    path: str | None = None
+
+
+@dataclass
+class BenchQuality:
+    """`bench --quality`: our program and every llama.cpp peer against the same FP32 eager reference, on
+    the same tokens of each text."""
+
+    reference: str  # "fp32 eager" (the bundle's source checkpoint)
+    texts: dict[str, str]  # text name -> path
+    positions: dict[str, int]  # text name -> positions scored
+    rows: list[QualityRow]
+    imatrix_text: str | None = None  # the text llama-imatrix read, when a peer has +imatrix
+
+    def row(self, artifact: str) -> QualityRow:
+        return next(r for r in self.rows if r.artifact == artifact)
+
+
+@dataclass
 class BenchReport:
     bundle: str
     runtime: str  # our side: "native" (ExecuTorch's runtime in a C++ runner) or "python" (TextLLMRunner)
@@ -108,12 +144,16 @@ class BenchReport:
     # side -> prompt length -> figure -> {"median", "min", "max", ...}
     figures: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     ratios: dict[str, dict[str, float]] | None = None  # ours / peer, per prompt length and figure
-    quality: dict | None = None
+    quality: BenchQuality | None = None
     plot: str | None = None
 
     @property
     def sides(self) -> list[str]:
         return [side for side in (OURS, PEER) if side in self.figures]
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.figures)
 
     @property
     def ratios_size(self) -> float | None:

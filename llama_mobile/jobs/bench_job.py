@@ -24,9 +24,10 @@ from llama_mobile.core.reports import OURS, PEER, BenchReport
 from llama_mobile.core.tokenizer import Tokenizer
 from llama_mobile.runtime_harness import native_runner
 from llama_mobile.runtime_harness.parity import CORPUS
-from llama_mobile.runtime_harness.peer_quality import quality_against_peer
+from llama_mobile.runtime_harness.gguf_peer import CALIBRATION_TEXT, PeerType, peers_for_bundle
+from llama_mobile.runtime_harness.peer_quality import quality_table
 
-STAGES = ("prepare", "measure", "quality")
+STAGES = ("prepare", "peers", "measure", "quality")
 RUNTIMES = ("auto", "native", "python")
 FIGURES = ("ttft_ms", "prefill_tps", "decode_tps", "peak_rss_bytes", "model_rss_bytes")
 
@@ -42,6 +43,14 @@ class BenchRequest:
     llama_cpp_gguf: Path | None = None
     quality: bool = False  # also score both sides against the FP32 reference (needs the source checkpoint)
     runtime: str = "auto"  # our side: "native" runner, "python" bindings, or native when a compiler exists
+    # Quality against a list of llama.cpp types, each made by llama-quantize from the bundle's source
+    # (`llama-mobile peer build`); scored on the parity text and on every text of `texts`.
+    peer_types: tuple[PeerType, ...] = ()
+    texts: tuple[Path, ...] = ()
+    positions: int = 256
+    quality_only: bool = False  # no speed runs: the quality table alone
+    calibration: Path = CALIBRATION_TEXT  # what llama-imatrix reads for the +imatrix peers
+    peer_dir: Path | None = None  # where the peer GGUFs are kept (default: a fresh temporary folder)
 
 
 @dataclass
@@ -149,15 +158,35 @@ class BenchJob:
         request, progress = self.request, self.progress
         with progress.stage("prepare"):
             prepared = self.prepare()
-        sides = {OURS: ("native" if prepared.runtime == "native" else "executorch", prepared.bundle)}
-        if request.llama_cpp_gguf:
-            sides[PEER] = ("llama.cpp", request.llama_cpp_gguf)
-        with progress.stage("measure", f"{' and '.join(sides)}: {len(prepared.prompts)} prompt lengths x "
-                                       f"{request.runs} runs"):
-            report = self.measure(prepared, sides)
-        if request.llama_cpp_gguf and request.quality:
-            with progress.stage("quality", "both sides against the FP32 reference"):
-                report.quality = quality_against_peer(prepared.bundle, request.llama_cpp_gguf)
+        peers: dict = {}
+        if request.peer_types:
+            labels = ", ".join(p.label for p in request.peer_types)
+            with progress.stage("peers", f"llama-quantize from the bundle's source: {labels}"):
+                scratch = request.peer_dir or Path(tempfile.mkdtemp(prefix="llama-mobile-peers-"))
+                scratch.mkdir(parents=True, exist_ok=True)
+                peers = peers_for_bundle(prepared.bundle.manifest, list(request.peer_types), scratch,
+                                         threads=request.threads, calibration=request.calibration,
+                                         emit=progress.note)
+        if request.quality_only:
+            report = BenchReport(bundle=str(request.bundle), runtime="none", threads=request.threads, runs=0,
+                                 warmup=0, new_tokens=0,
+                                 size_bytes={OURS: model_bytes(prepared.bundle.manifest)})
+        else:
+            sides = {OURS: ("native" if prepared.runtime == "native" else "executorch", prepared.bundle)}
+            if request.llama_cpp_gguf:
+                sides[PEER] = ("llama.cpp", request.llama_cpp_gguf)
+            with progress.stage("measure", f"{' and '.join(sides)}: {len(prepared.prompts)} prompt lengths x "
+                                           f"{request.runs} runs"):
+                report = self.measure(prepared, sides)
+        if request.quality:
+            if request.llama_cpp_gguf:
+                peers[request.llama_cpp_gguf.stem] = request.llama_cpp_gguf
+            texts = [None, *request.texts]
+            with progress.stage("quality", f"ours and {len(peers)} llama.cpp files against the FP32 reference "
+                                           f"on {len(texts)} texts"):
+                report.quality = quality_table(prepared.bundle, peers, texts, request.positions,
+                                               size_bytes=report.size_bytes[OURS],
+                                               imatrix_text=request.calibration, emit=progress.note)
         return report
 
     def prepare(self) -> Prepared:
@@ -166,6 +195,8 @@ class BenchJob:
         tokenizer = Tokenizer(bundle.tokenizer)
         scratch = Path(tempfile.mkdtemp(prefix="llama-mobile-bench-"))
         prompts = {}
+        if request.quality_only:
+            return Prepared(bundle, prompts, "none")
         for length in request.prompt_lengths:
             if length + request.new_tokens >= bundle.context_length:
                 raise ResourceError(f"prompt {length} + {request.new_tokens} new tokens exceed the context",

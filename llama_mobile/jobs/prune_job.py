@@ -155,7 +155,6 @@ def eager(arch, seq_len: int, state: dict):
 
 def quality(model, reference, windows: list[list[int]]) -> dict:
     """Perplexity of the text, and KL / top-1 agreement with the reference (over kept output tokens)."""
-    import torch
 
 
     kept = model.output_token_ids if model.arch.output_token_ids else None

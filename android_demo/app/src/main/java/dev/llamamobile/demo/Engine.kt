@@ -23,9 +23,12 @@ class Engine(val bundle: Bundle) {
 
     fun load(done: (Int) -> Unit) = worker.execute { done(module.load()) }
 
-    /** [prompt] is already fully formatted (template text with special tokens written out). */
-    fun generate(prompt: String, maxTokens: Int, listener: Listener) = worker.execute {
-        module.resetContext()
+    /**
+     * [prompt] is already fully formatted (template text with special tokens written out). With [resetFirst] false
+     * the runner continues from its position: [prompt] is only the new part of a conversation (ChatSession).
+     */
+    fun generate(prompt: String, maxTokens: Int, listener: Listener, resetFirst: Boolean = true) = worker.execute {
+        if (resetFirst) module.resetContext()
         var stats: GenerationStats? = null
         val callback = object : LlmCallback {
             override fun onResult(result: String) {

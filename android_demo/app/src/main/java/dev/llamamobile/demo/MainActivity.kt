@@ -11,6 +11,10 @@ import android.widget.LinearLayout
 import android.widget.ScrollView
 import android.widget.TextView
 import dev.llamamobile.core.Bundle
+import dev.llamamobile.core.ChatSession
+import dev.llamamobile.core.ChatTemplate
+import dev.llamamobile.core.ChatTemplateException
+import dev.llamamobile.core.ContextOverflowException
 import dev.llamamobile.core.GenerationStats
 import dev.llamamobile.core.GuardPrompt
 import dev.llamamobile.core.GuardReplyException
@@ -27,6 +31,10 @@ import java.util.Locale
 class MainActivity : Activity() {
     private val main = Handler(Looper.getMainLooper())
     private var engine: Engine? = null
+    // Multi-turn chat on one KV cache: only each turn's new text is prefilled (null: a template without turns).
+    private var session: ChatSession? = null
+    private var held = 0  // characters the runner holds (characters >= tokens: a safe over-count)
+    private var sessionEngine: Engine? = null
 
     private lateinit var bundlePath: EditText
     private lateinit var status: TextView
@@ -94,18 +102,58 @@ class MainActivity : Activity() {
 
     private fun sendChat() {
         val current = engine ?: return run { status.text = "Load a bundle first" }
-        val prompt = current.bundle.manifest.promptTemplate.format(chatInput.text.toString())
+        val template = current.bundle.manifest.promptTemplate
+        if (sessionEngine !== current) {  // a new bundle: a new conversation (its runner starts empty)
+            session = try { ChatSession(template) } catch (e: ChatTemplateException) { null }
+            sessionEngine = current
+            held = 0
+        }
+        val chat = session
+        val context = current.bundle.manifest.contextLength.toInt()
+        val chars = { s: String -> s.length }
+        val prompt: String
+        val resetFirst: Boolean
+        try {
+            if (chat != null) {
+                chat.add("user", chatInput.text.toString())
+                val next = chat.nextPrompt(held, context, chars, reserve = MAX_CHAT_TOKENS)
+                if (next.resetFirst) held = 0
+                prompt = next.text
+                resetFirst = next.resetFirst
+            } else {
+                prompt = template.format(chatInput.text.toString())
+                resetFirst = true
+            }
+        } catch (e: ContextOverflowException) {
+            status.text = e.message
+            return
+        }
+        held += prompt.length
+        val maxNew = maxOf(1, minOf(MAX_CHAT_TOKENS, context - held))
+        val reply = StringBuilder()
         chatOutput.text = ""
-        current.generate(prompt, MAX_CHAT_TOKENS, object : Engine.Listener {
+        current.generate(prompt, maxNew, object : Engine.Listener {
             override fun onToken(text: String) {
+                reply.append(text)
                 main.post { chatOutput.append(text) }
             }
 
             override fun onDone(status: Int, stats: GenerationStats?, clock: TokenClock) {
-                main.post { chatOutput.append("\n\n" + describe(status, stats, clock)) }
+                // As RunnerEngine in runtime_harness/chat.py: fewer fed tokens than the limit allows means a stop token.
+                val stopped = status == 0 && stats != null && stats.generatedTokens < maxNew - 1
+                val text = reply.toString().substringBefore(template.conversationEndMarker())
+                main.post {
+                    chat?.replied(text, stopped)
+                    held += text.length
+                    chatOutput.append("\n\n" + describe(status, stats, clock))
+                }
             }
-        })
+        }, resetFirst)
     }
+
+    /** The stop token that closes a reply ("<|im_end|>", "<|eot_id|>"), which the runner streams last. */
+    private fun ChatTemplate.conversationEndMarker(): String =
+        (try { conversation().assistantEnd } catch (e: ChatTemplateException) { "" }).trim().ifEmpty { "\u0000" }
 
     private fun runGuard() {
         val current = engine ?: return run { status.text = "Load a bundle first" }

