@@ -10,7 +10,7 @@ from llama_mobile.core.architecture import Architecture, RopeScaling
 from llama_mobile.core.errors import CheckpointError
 from llama_mobile.core.presets import ModelPreset
 from llama_mobile.export.config_fields import FieldReader, read_json_object
-from llama_mobile.export.identity import resolve_identity
+from llama_mobile.export.identity import checkpoint_jinja, resolve_identity
 from llama_mobile.export.loaded import (
     HF_FORMAT,
     LoadedModel,
@@ -191,7 +191,7 @@ def load_hf(folder: Path, preset: ModelPreset | None, preflight=None) -> LoadedM
         state.pop("output.weight", None)
     elif "output.weight" not in state:
         arch = arch.replace(tied_embeddings=True)
-    specials, template = resolve_identity(preset, arch, bos, eos_ids)
+    specials, template = resolve_identity(preset, arch, bos, eos_ids, jinja=checkpoint_jinja(folder))
     written_by_us = pruned_identity(config)
     return LoadedModel(
         preset=preset.name if preset else written_by_us.get("name", "llama"), architecture=arch,

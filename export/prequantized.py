@@ -116,9 +116,12 @@ def describe(quantization: dict) -> str:
     """One line for the progress output."""
     types = ", ".join(f"{kind} x{count}" for kind, count in quantization.get("tensor_types", {}).items())
     if quantization.get("kept"):
-        return f"{quantization['format']} quantized weights ({types}) kept as they are"
+        extras = "".join([", online Hadamard transform before w2" if quantization.get("spinquant") else "",
+                          f", LoRA rank {quantization['lora_rank']} adaptors in fp32" if quantization.get("lora_rank")
+                          else ""])
+        return f"{quantization['scheme']} weights ({types}{extras}) kept as they are"
     nearest = "; ".join(f"{kind} -> nearest {scheme}" for kind, scheme in quantization.get("nearest", {}).items())
-    return f"{quantization['format']} weights ({types}) have no exact XNNPACK form: {nearest}"
+    return f"{quantization['scheme']} weights ({types}) have no exact XNNPACK form: {nearest}"
 
 
 # Meta's quantized Llama 3.2 (SpinQuant_INT4_EO8, QLORA_INT4_EO8): what ExecuTorch reads with

@@ -24,6 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+from executorch.extension.llm.runner import GenerationConfig
+
 from llama_mobile.core.errors import ConfigError, RuntimeFailure
 from llama_mobile.core.tokenizer import ROLES, Tokenizer, conversation_template, render_chat
 from llama_mobile.runtime_harness.generate import _capture_native_stdout, _stats
@@ -116,15 +119,11 @@ class ProgramEngine:
         self.ids = []
 
     def feed(self, ids: list[int]):
-        import torch
-
         logits = self.program.forward(torch.tensor([ids]), self.position)
         self.ids.extend(ids)
         return logits
 
     def prefill(self, ids: list[int]):
-        import torch
-
         logits = None
         for start in range(0, len(ids), self.chunk):
             piece = ids[start:start + self.chunk]
@@ -136,8 +135,6 @@ class ProgramEngine:
             on_text: Callable[[str], None] | None, seed: int | None = None) -> tuple[str, list[int], str, float, float]:
         """Prefill `ids`, then sample until a stop token, max_new_tokens or the context's end. Every
         generated token except a stop token ends up in the cache."""
-        import torch
-
         started = time.perf_counter()
         logits = self.prefill(ids)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -172,8 +169,6 @@ class ProgramEngine:
 
 
 def _sample(logits, temperature: float, generator) -> int:
-    import torch
-
     row = logits.reshape(-1).float()
     if temperature <= 0:
         return int(row.argmax())
@@ -197,8 +192,6 @@ class RunnerEngine:
 
     def run_text(self, text: str, n_tokens: int, max_new_tokens: int, temperature: float,
                  on_text: Callable[[str], None] | None, hide: tuple[str, ...]) -> tuple[str, str, object]:
-        from executorch.extension.llm.runner import GenerationConfig
-
         config = GenerationConfig(echo=False, max_new_tokens=max_new_tokens, temperature=temperature,
                                   num_bos=0, num_eos=0)
         pieces, stats, streamed = [], [], [0, False]  # characters passed on; a stop token seen

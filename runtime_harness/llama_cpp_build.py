@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -202,8 +203,6 @@ PYTHON_DEPENDENCIES = {"diskcache": "diskcache>=5.6.1", "jinja2": "jinja2>=2.11.
 
 
 def install_python_dependencies(build: LlamaCppBuild, emit: Callable[[str], None]) -> None:
-    import importlib.util
-
     missing = [spec for module, spec in PYTHON_DEPENDENCIES.items()
                if importlib.util.find_spec(module) is None and not (build.python_dir / module).exists()]
     if not missing:
@@ -222,6 +221,7 @@ def build_llama_cpp(version: str = VERSION, jobs: int = JOBS, force: bool = Fals
     """llama.cpp's library and tools, once per version: a finished build is returned as it is."""
     build = default_build(version)
     if build.complete and not force:
+        install_python_dependencies(build, emit)  # a build made before a dependency was needed
         return build
     require_toolchain()
     if force and build.build_dir.exists():

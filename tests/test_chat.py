@@ -186,6 +186,19 @@ def test_checkpoint_jinja_templates_are_mapped_not_executed():
     assert template_from_jinja(None)[0] is None
 
 
+def test_a_hugging_face_checkpoints_jinja_template_reaches_the_loaded_model(tmp_path, tiny_hf):
+    """A generic checkpoint whose tokenizer_config.json carries a known (ChatML) Jinja template gets that
+    template, mapped, never executed."""
+    import shutil
+
+    from llama_mobile.export.checkpoint import load_checkpoint
+
+    folder = shutil.copytree(tiny_hf, tmp_path / "hf")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": SMOL_JINJA}))
+    loaded = load_checkpoint("llama", folder)
+    assert loaded.chat_template.name == CHATML_SMOL.name and loaded.chat_template.user == CHATML_SMOL.user
+
+
 def test_context_vectors():
     """The drop-oldest policy, shared with the Kotlin core: tokens counted as code points of the rendering."""
     vectors = json.loads((VECTORS / "chat_context.json").read_text(encoding="utf-8"))

@@ -180,7 +180,7 @@ def test_bench_quality_only_runs_no_speed_measurement(tiny_8da4w_bundle, custom_
     monkeypatch.setattr(bench_job, "peers_for_bundle", fake_peers)
     from llama_mobile.core.bundle import verify_bundle
 
-    vocab = verify_bundle(tiny_8da4w_bundle.bundle).manifest.model.architecture.vocab_size
+    vocab = verify_bundle(tiny_8da4w_bundle.bundle).manifest.model.architecture["vocab_size"]
     monkeypatch.setattr(peer_quality, "llama_cpp_logits", lambda path, ids: torch.zeros(len(ids), vocab))
     request = bench_job.BenchRequest(bundle=tiny_8da4w_bundle.bundle, quality=True, quality_only=True,
                                      peer_types=tuple(peer_files), positions=16)

@@ -457,3 +457,21 @@ def test_hadamard_rows_is_executorchs_transform(custom_ops):
 
     x = torch.randn(5, 128)
     torch.testing.assert_close(hadamard_rows(x), torch.ops.llama.fast_hadamard_transform(x), rtol=0, atol=1e-6)
+
+
+def test_cli_keeps_by_default_and_requantizes_on_request(tiny_ggufs, tmp_path):
+    import subprocess
+    import sys
+
+    def export(*args):
+        return subprocess.run([sys.executable, "-m", "llama_mobile.cli", "export", "--model", "llama", "--checkpoint",
+                               str(tiny_ggufs["Q4_0"]), "-o", str(tmp_path), "--context", "64", "--no-validate",
+                               *args], capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+
+    refused = export("--recipe", "8da4w")
+    assert refused.returncode == 2 and "would requantize" in refused.stderr and "--requantize" in refused.stderr
+    done = export("--recipe", "8da4w", "--requantize")
+    assert done.returncode == 0, done.stderr
+    assert "requantized by recipe 8da4w" in done.stdout + done.stderr
+    manifest = json.loads((tmp_path / "llama-8da4w-xnnpack" / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == "8da4w" and manifest["model"]["source"]["quantization"]["kept"] is False

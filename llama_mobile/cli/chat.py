@@ -58,7 +58,7 @@ def chat(bundle, system, tools_file, max_new_tokens, temperature, engine):
 
     \b
     Example:
-      llama-mobile chat out/smollm2-135m-instruct-8da4w-mixed-xnnpack
+      llama-mobile chat out/smollm2-135m-instruct-8da4w-mixed-gptq-xnnpack
       printf 'Hi\\nName a planet.\\n/quit\\n' | llama-mobile chat BUNDLE
     """
     quiet_libraries()

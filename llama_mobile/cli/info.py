@@ -173,7 +173,7 @@ def verify(bundle, as_json):
 
     \b
     Example:
-      llama-mobile verify out/smollm2-135m-instruct-8da4w-mixed-xnnpack
+      llama-mobile verify out/smollm2-135m-instruct-8da4w-mixed-gptq-xnnpack
     """
     import dataclasses
 

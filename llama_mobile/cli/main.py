@@ -23,7 +23,7 @@ def main():
     \b
     Example:
       llama-mobile export                # embedded SmolLM2-135M, 8da4w, XNNPACK
-      llama-mobile generate out/smollm2-135m-instruct-8da4w-mixed-xnnpack --prompt "Name three planets."
+      llama-mobile generate out/smollm2-135m-instruct-8da4w-mixed-gptq-xnnpack --prompt "Name three planets."
     """
 
 

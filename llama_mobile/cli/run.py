@@ -29,7 +29,7 @@ def generate(bundle, prompt, messages_file, tools_file, max_new_tokens, temperat
 
     \b
     Examples:
-      llama-mobile generate out/smollm2-135m-instruct-8da4w-mixed-xnnpack --prompt "Name three planets."
+      llama-mobile generate out/smollm2-135m-instruct-8da4w-mixed-gptq-xnnpack --prompt "Name three planets."
       llama-mobile generate BUNDLE --messages conversation.json --tools tools.json --json
     """
     quiet_libraries()

@@ -38,7 +38,7 @@ def validate(bundle, reference, text, prompts, guard_prompts, positions, gate_on
 
     \b
     Examples:
-      llama-mobile validate out/smollm2-135m-instruct-8da4w-mixed-xnnpack
+      llama-mobile validate out/smollm2-135m-instruct-8da4w-mixed-gptq-xnnpack
       llama-mobile validate out/llama3.2-1b-8da4w-xnnpack --reference ~/Llama3.2-1B-Instruct --json > parity.json
     """
     quiet_libraries()

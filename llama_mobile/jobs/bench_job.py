@@ -16,15 +16,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_mobile.core.errors import ResourceError, RuntimeFailure, UsageError
 from llama_mobile.core.bundle import Bundle, verify_bundle
+from llama_mobile.core.errors import ResourceError, RuntimeFailure, UsageError
 from llama_mobile.core.manifest import Manifest
 from llama_mobile.core.progress import Progress
 from llama_mobile.core.reports import OURS, PEER, BenchReport
 from llama_mobile.core.tokenizer import Tokenizer
+from llama_mobile.jobs.base import Job
 from llama_mobile.runtime_harness import native_runner
-from llama_mobile.runtime_harness.parity import CORPUS
 from llama_mobile.runtime_harness.gguf_peer import CALIBRATION_TEXT, PeerType, peers_for_bundle
+from llama_mobile.runtime_harness.parity import CORPUS
 from llama_mobile.runtime_harness.peer_quality import quality_table
 
 STAGES = ("prepare", "peers", "measure", "quality")
@@ -149,10 +150,8 @@ class Prepared:
     runtime: str
 
 
-class BenchJob:
-    def __init__(self, request: BenchRequest, progress: Progress | None = None):
-        self.request = request
-        self.progress = progress or Progress(STAGES)
+class BenchJob(Job):
+    STAGES = STAGES
 
     def run(self) -> BenchReport:
         request, progress = self.request, self.progress

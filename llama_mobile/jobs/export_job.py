@@ -24,8 +24,15 @@ from llama_mobile.core.targets import TARGETS, Target, get_target
 from llama_mobile.core.tokenizer import Tokenizer, check_vocab, tokenizer_kind
 from llama_mobile.export.backends import bind_device, get_backend
 from llama_mobile.export.backends.base import Backend, Extras
-from llama_mobile.export.bundle import PARITY_NAME, PROGRAM_NAME, WEIGHTS_NAME, bundle_name, write_json, \
-    write_manifest, write_payload
+from llama_mobile.export.bundle import (
+    PARITY_NAME,
+    PROGRAM_NAME,
+    WEIGHTS_NAME,
+    bundle_name,
+    write_json,
+    write_manifest,
+    write_payload,
+)
 from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.config_fields import read_user_text
 from llama_mobile.export.loaded import LoadedModel
@@ -34,6 +41,7 @@ from llama_mobile.export.model import build_model, load_custom_ops, skeleton
 from llama_mobile.export.prequantized import describe as describe_quantization
 from llama_mobile.export.rotation import Rotation, hadamard_sizes_supported
 from llama_mobile.export.stream_build import fill_streaming
+from llama_mobile.jobs.base import Job
 from llama_mobile.jobs.plan import Plan, plan
 from llama_mobile.jobs.preflight import check_export_fits
 from llama_mobile.quantize.apply import PartQuantizer
@@ -198,10 +206,8 @@ class Built:
     calibration_record: dict = field(default_factory=dict)
 
 
-class ExportJob:
-    def __init__(self, request: ExportRequest, progress: Progress | None = None):
-        self.request = request
-        self.progress = progress or Progress(STAGES)
+class ExportJob(Job):
+    STAGES = STAGES
 
     def run(self) -> ExportResult:
         progress = self.progress
@@ -270,17 +276,26 @@ class ExportJob:
             if info:
                 self.progress.note(f"{describe_quantization(info)}; requantized by recipe {checked.recipe.name}")
             return checked.recipe
-        if request.requantize:
-            if not info.get("requantizable", True):
-                raise UsageError(f"{info['scheme']} weights are published quantized and cannot be requantized",
-                                 fix=f"drop --requantize (the export keeps them as {AS_PUBLISHED})")
-            self.progress.note(f"{describe_quantization(info)}: --requantize, so dequantized and requantized "
-                               f"by recipe {checked.recipe.name}")
+        def requantized(reason: str) -> Recipe:
+            self.progress.note(f"{describe_quantization(info)}; {reason}: dequantized and requantized by recipe "
+                               f"{checked.recipe.name}")
             info["kept"] = False
             model.prequantized = {}
             return checked.recipe
+
+        requantizable = info.get("requantizable", True)
+        if checked.target.backend != "xnnpack":  # the kept schemes are XNNPACK's (8-bit dynamic activations)
+            if not requantizable:
+                raise UsageError(f"{info['scheme']} weights are published for XNNPACK, not {checked.target.name}",
+                                 fix="export with --target xnnpack")
+            return requantized(f"target {checked.target.name} cannot hold them as they are")
+        if request.requantize:
+            if not requantizable:
+                raise UsageError(f"{info['scheme']} weights are published quantized and cannot be requantized",
+                                 fix=f"drop --requantize (the export keeps them as {AS_PUBLISHED})")
+            return requantized("--requantize")
         if request.recipe_explicit and request.recipe != AS_PUBLISHED:
-            again = "; add --requantize to apply it anyway" if info.get("requantizable", True) else ""
+            again = "; add --requantize to apply it anyway" if requantizable else ""
             raise UsageError(f"recipe {request.recipe!r} would requantize this checkpoint's {info.get('scheme') or 'quantized'} "
                              f"weights", fix=f"drop --recipe (or pass --recipe {AS_PUBLISHED}) to keep them{again}")
         recipe = as_published_recipe(schemes_of(model.prequantized, model.architecture.tied_embeddings),

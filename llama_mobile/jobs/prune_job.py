@@ -29,6 +29,7 @@ from llama_mobile.export.config_fields import read_user_text
 from llama_mobile.export.hf_writer import write_hf_checkpoint
 from llama_mobile.export.loaded import LoadedModel
 from llama_mobile.export.model import build_model
+from llama_mobile.jobs.base import Job
 from llama_mobile.quantize.prune import attention, blocks, mlp, vocab
 from llama_mobile.quantize.prune.blocks import BLOCK_METHODS
 from llama_mobile.quantize.prune.distill import (
@@ -229,10 +230,8 @@ class Pruned:
     distilled: dict | None = None
 
 
-class PruneJob:
-    def __init__(self, request: PruneRequest, progress: Progress | None = None):
-        self.request = request
-        self.progress = progress or Progress(STAGES)
+class PruneJob(Job):
+    STAGES = STAGES
 
     def run(self) -> PruneResult:
         request, progress = self.request, self.progress

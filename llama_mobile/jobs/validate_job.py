@@ -15,6 +15,7 @@ from llama_mobile.core.tokenizer import Tokenizer, chat_prompt
 from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.config_fields import parse_json, read_user_text
 from llama_mobile.export.model import build_model, load_custom_ops
+from llama_mobile.jobs.base import Job
 from llama_mobile.runtime_harness.greedy import (
     eager_greedy,
     match_length,
@@ -110,10 +111,8 @@ class References:
     guard: list[dict] | None  # the gated reference's Guard verdicts (Guard bundles)
 
 
-class ValidationJob:
-    def __init__(self, request: ValidationRequest, progress: Progress | None = None):
-        self.request = request
-        self.progress = progress or Progress(STAGES)
+class ValidationJob(Job):
+    STAGES = STAGES
 
     def run(self) -> ValidationReport:
         request, progress = self.request, self.progress

@@ -20,7 +20,7 @@ public indirect enum JSONValue: Equatable {
         case let (.string(x), .string(y)): return x.unicodeScalars.elementsEqual(y.unicodeScalars)
         case let (.array(x), .array(y)): return x == y
         case let (.object(x), .object(y)):  // as dictionaries: key order does not matter for equality
-            return x.count == y.count && x.allSatisfy { key, value in y.first(where: { $0.0 == key })?.1 == value }
+            return x.count == y.count && x.allSatisfy { pair in y.first(where: { $0.0 == pair.0 })?.1 == pair.1 }
         default: return false
         }
     }
@@ -172,39 +172,29 @@ struct JSONReader {
 /// JSON written as Python's json.dumps(value, ensure_ascii=False) writes it (see JsonWriter in ToolCalling.kt).
 public enum JSONWriter {
     public static func write(_ value: JSONValue, indent: Int? = nil) -> String {
-        var out = ""
-        write(&out, value, indent, 0)
-        return out
+        write(value, indent, 0)
     }
 
-    static func write(_ out: inout String, _ value: JSONValue, _ indent: Int?, _ level: Int) {
+    static func write(_ value: JSONValue, _ indent: Int?, _ level: Int) -> String {
         switch value {
-        case .null: out += "null"
-        case .bool(let b): out += b ? "true" : "false"
-        case .int(let n): out += String(n)
-        case .double(let d): out += double(d)
-        case .string(let s): out += string(s)
+        case .null: return "null"
+        case .bool(let b): return b ? "true" : "false"
+        case .int(let n): return String(n)
+        case .double(let d): return double(d)
+        case .string(let s): return string(s)
         case .array(let items):
-            container(&out, items.count, "[", "]", indent, level) { i, l in write(&out, items[i], indent, l) }
+            return container(items.map { write($0, indent, level + 1) }, "[", "]", indent, level)
         case .object(let entries):
-            container(&out, entries.count, "{", "}", indent, level) { i, l in
-                out += string(entries[i].0) + ": "
-                write(&out, entries[i].1, indent, l)
-            }
+            return container(entries.map { string($0.0) + ": " + write($0.1, indent, level + 1) }, "{", "}", indent, level)
         }
     }
 
-    static func container(_ out: inout String, _ count: Int, _ open: String, _ close: String, _ indent: Int?, _ level: Int,
-                          _ item: (Int, Int) -> Void) {
-        out += open
-        if count == 0 { out += close; return }
-        for i in 0..<count {
-            if let indent { out += (i == 0 ? "\n" : ",\n") + String(repeating: " ", count: indent * (level + 1)) }
-            else if i > 0 { out += ", " }
-            item(i, level + 1)
-        }
-        if let indent { out += "\n" + String(repeating: " ", count: indent * level) }
-        out += close
+    static func container(_ items: [String], _ open: String, _ close: String, _ indent: Int?, _ level: Int) -> String {
+        if items.isEmpty { return open + close }
+        guard let indent else { return open + items.joined(separator: ", ") + close }
+        let inner = String(repeating: " ", count: indent * (level + 1))
+        return open + "\n" + items.map { inner + $0 }.joined(separator: ",\n") + "\n"
+            + String(repeating: " ", count: indent * level) + close
     }
 
     public static func string(_ s: String) -> String {
