@@ -20,6 +20,8 @@ from collections import Counter
 
 import torch
 from torch import nn
+from torchao.core.config import config_to_dict
+from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import IntxUnpackedToInt8Tensor
 
 from llama_mobile.core.errors import ExportError
 from llama_mobile.quantize.apply import torchao_config
@@ -44,10 +46,6 @@ def placeholder_recipe() -> Recipe:
 def intx_tensor(qdata: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int, *, dynamic: bool):
     """The IntxUnpackedToInt8Tensor torchao's Int8DynamicActivationIntxWeightConfig (dynamic) or
     IntxWeightOnlyConfig makes, with these integers and scales."""
-    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
-        IntxUnpackedToInt8Tensor,
-    )
-
     scale = scale.to(torch.float32).contiguous()
     return IntxUnpackedToInt8Tensor(
         qdata=qdata.to(torch.int8).contiguous(), scale=scale, zero_point=torch.zeros_like(scale, dtype=torch.int8),
@@ -251,8 +249,6 @@ class PrequantizedQuantizer:
 
     def finish(self) -> dict[str, dict]:
         """Every matrix holds the checkpoint's integers; the configs that describe them, for the manifest."""
-        from torchao.core.config import config_to_dict
-
         missed = [name for name, m in self.model.named_modules()
                   if isinstance(m, (nn.Linear, nn.Embedding)) and type(m.weight) in (torch.Tensor, nn.Parameter)
                   and not name.endswith((".offset", ".lora_a", ".lora_b")) and name != "output_mix"]

@@ -475,3 +475,26 @@ def test_cli_keeps_by_default_and_requantizes_on_request(tiny_ggufs, tmp_path):
     assert "requantized by recipe 8da4w" in done.stdout + done.stderr
     manifest = json.loads((tmp_path / "llama-8da4w-xnnpack" / "manifest.json").read_text())
     assert manifest["recipe"]["name"] == "8da4w" and manifest["model"]["source"]["quantization"]["kept"] is False
+
+
+@pytest.mark.parametrize("bits, group, dynamic", [(4, 32, True), (8, 0, True), (8, 32, False), (4, 32, False)])
+def test_fed_tensor_is_the_one_torchao_makes(bits, group, dynamic):
+    """The tensor built from integers and scales is torchao's own for that scheme (so lowering is unchanged):
+    quantize with the recipe path's config, feed its qdata/scale back, compare every field."""
+    from torchao.quantization import quantize_
+
+    from llama_mobile.quantize.apply import torchao_config
+    from llama_mobile.quantize.recipe import LayerQuant
+
+    scheme = ("8da4w" if bits == 4 else "8da8w") if dynamic else ("4w" if bits == 4 else "8w")
+    layer = torch.nn.Linear(64, 16, bias=False) if dynamic else torch.nn.Embedding(16, 64)
+    quantize_(layer, torchao_config(LayerQuant(scheme, group), embedding=not dynamic),
+              filter_fn=lambda m, fqn: True)
+    made = layer.weight
+    fed = intx_tensor(made.qdata, made.scale, bits, group or 64, dynamic=dynamic)
+    assert type(fed) is type(made)
+    for field in ("qdata", "scale", "zero_point"):
+        assert torch.equal(getattr(fed, field), getattr(made, field)), field
+        assert getattr(fed, field).dtype == getattr(made, field).dtype, field
+    for field in ("target_dtype", "block_size", "dtype", "activation_quantization"):
+        assert getattr(fed, field) == getattr(made, field), field
