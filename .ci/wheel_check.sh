@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-.venv/bin/python -m pip wheel -q --no-deps --no-build-isolation . -w "$work/dist" >"$work/build.log" 2>&1 \
+# Built from a copy of the files git tracks (or would), so setuptools' build/ stays out of the checkout and a
+# file missing from the repository is missing from the wheel too.
+mkdir "$work/src"
+git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/src"
+.venv/bin/python -m pip wheel -q --no-deps --no-build-isolation "$work/src" -w "$work/dist" >"$work/build.log" 2>&1 \
   || { cat "$work/build.log" >&2; exit 1; }
 wheel=$(ls "$work"/dist/*.whl)
 tops=$(.venv/bin/python - "$wheel" <<'PY'

@@ -14,6 +14,9 @@ from torch import nn
 from llama_mobile.core.architecture import Architecture, RopeScaling
 from llama_mobile.export.tensor_names import META, MODEL_TENSOR, WEIGHT
 
+# A recipe's dtype name -> the torch dtype its graph computes in.
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 def load_custom_ops() -> None:
     """Register torch.ops.llama.* (update_cache, custom_sdpa) for eager runs and export."""

@@ -11,17 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llama_mobile.export.model import TORCH_DTYPES
 from llama_mobile.runtime_harness.metrics import ParityMetrics, compare_logits
 from llama_mobile.runtime_harness.parity import reference_logits
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @torch.no_grad()
 def host_simulated_logits(model: torch.nn.Module, token_ids: list[int], dtype: str) -> torch.Tensor:
     """The quantized eager model in the target's precision. Casts the model in place (done with it)."""
 
-    _cast_floats(model, DTYPES[dtype])
+    _cast_floats(model, TORCH_DTYPES[dtype])
     return reference_logits(model, token_ids)
 
 

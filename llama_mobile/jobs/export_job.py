@@ -37,7 +37,7 @@ from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.config_fields import read_user_text
 from llama_mobile.export.loaded import LoadedModel
 from llama_mobile.export.lower import LoweredProgram, lower, runner_metadata
-from llama_mobile.export.model import build_model, load_custom_ops, skeleton
+from llama_mobile.export.model import TORCH_DTYPES, build_model, load_custom_ops, skeleton
 from llama_mobile.export.prequantized import describe as describe_quantization
 from llama_mobile.export.rotation import Rotation, hadamard_sizes_supported
 from llama_mobile.export.stream_build import fill_streaming
@@ -338,7 +338,7 @@ class ExportJob(Job):
             if calibrator is not None:
                 calibration_record["calibrated_layers"] = len(quantizer.calibrated)
         if checked.backend.casts_model_dtype and recipe.dtype != "fp32":
-            model = model.to(DTYPES[recipe.dtype])
+            model = model.to(TORCH_DTYPES[recipe.dtype])
         return Built(model, token_ids, reference, torchao_configs, pt2e_record,
                      calibration_record if recipe.pt2e is None else {})
 
@@ -456,9 +456,6 @@ class ExportJob(Job):
             device={**get_device(request.device).to_dict(), "plan": loaded.fitted.to_dict()}
             if request.device else None,
         )
-
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def rotation_for(recipe: Recipe, arch: Architecture) -> Rotation | None:
