@@ -19,8 +19,11 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 
 def load_custom_ops() -> None:
-    """Register torch.ops.llama.* (update_cache, custom_sdpa) for eager runs and export."""
+    """Register torch.ops.llama.* (update_cache, custom_sdpa, custom_quantized_sdpa) and
+    torch.ops.quantized_decomposed.* (the int8 KV cache's per-token quantization) for eager runs and export."""
+    import executorch.kernels.quantized  # noqa: F401  (the out variants to_executorch needs)
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+    from torch.ao.quantization.fx import _decomposed  # noqa: F401
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -111,23 +114,61 @@ class Attention(nn.Module):
         self.wk = nn.Linear(arch.dim, arch.n_kv_heads * arch.head_dim, bias=False)
         self.wv = nn.Linear(arch.dim, arch.n_kv_heads * arch.head_dim, bias=False)
         self.wo = nn.Linear(arch.n_heads * arch.head_dim, arch.dim, bias=False)
+        self.kv_cache = "fp32"
         cache_shape = (1, max_context, arch.n_kv_heads, arch.head_dim)
         self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
 
-    def forward(self, x, start_pos: int, cos, sin, swap):
+    def forward(self, x, start_pos: int, cos, sin, swap, ring=None):
         batch, seqlen, _ = x.shape
         q = self.wq(x).view(batch, seqlen, self.n_heads, self.head_dim)
         k = self.wk(x).view(batch, seqlen, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(batch, seqlen, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin, swap), apply_rope(k, cos, sin, swap)
+        if ring is not None:  # an attention sink (CachePositionsWithSink.step): cache slots and the explicit mask
+            return self.wo(self._sink_attention(q, k, v, start_pos, *ring).reshape(batch, seqlen, -1))
         if self.kernel == "sdpa":
             return self.wo(self._standard_attention(q, k, v, start_pos).reshape(batch, seqlen, -1))
+        if self.kv_cache == "int8":
+            return self.wo(self._int8_attention(q, k, v, start_pos).reshape(batch, seqlen, -1))
         torch.ops.llama.update_cache(k, self.k_cache, start_pos)
         torch.ops.llama.update_cache(v, self.v_cache, start_pos)
         # The custom op handles grouped-query attention and the causal mask from start_pos.
         out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start_pos, None, 0, True)
         return self.wo(out.reshape(batch, seqlen, -1))
+
+    def use_int8_cache(self) -> None:
+        """ExecuTorch's quantized KV cache (examples/models/llama/source_transformation/custom_kv_cache.py
+        QuantizedKVCache, sdpa.py QuantizedSDPA): int8 values with a float32 scale and an int8 zero point
+        per token and head, attended by ``llama::custom_quantized_sdpa`` without a float copy of the cache."""
+        shape = self.k_cache.shape
+        self.kv_cache = "int8"
+        self.k_cache = torch.zeros(shape, dtype=torch.int8)
+        self.v_cache = torch.zeros(shape, dtype=torch.int8)
+        for name in ("k_cache_scales", "v_cache_scales"):
+            self.register_buffer(name, torch.ones(*shape[:-1], 1), persistent=False)
+        for name in ("k_cache_zero_points", "v_cache_zero_points"):
+            self.register_buffer(name, torch.zeros(*shape[:-1], 1, dtype=torch.int8), persistent=False)
+
+    def _int8_attention(self, q, k, v, start_pos: int):
+        k_int8, k_scale, k_zero = _quantize_per_token(k)
+        v_int8, v_scale, v_zero = _quantize_per_token(v)
+        for value, cache in ((k_int8, self.k_cache), (k_scale, self.k_cache_scales),
+                             (k_zero, self.k_cache_zero_points), (v_int8, self.v_cache),
+                             (v_scale, self.v_cache_scales), (v_zero, self.v_cache_zero_points)):
+            torch.ops.llama.update_cache(value, cache, start_pos)
+        q_int8, q_scale, q_zero = _quantize_per_token(q)
+        return torch.ops.llama.custom_quantized_sdpa(
+            q_int8, self.k_cache, self.v_cache, start_pos, None, 0, True, None, q_zero, q_scale,
+            self.k_cache_zero_points, self.k_cache_scales, self.v_cache_zero_points, self.v_cache_scales)
+
+    def _sink_attention(self, q, k, v, start_pos, slots, mask):
+        """ExecuTorch's CustomKVCacheWithAttentionSink + SDPACustom(use_attention_mask=True): the new keys and
+        values written to their ring slots by ``llama::update_cache_with_indices`` (no bound on start_pos), then
+        ``llama::custom_sdpa`` over the whole cache with the explicit mask instead of its causal one."""
+        torch.ops.llama.update_cache_with_indices(k, self.k_cache, start_pos, slots)
+        torch.ops.llama.update_cache_with_indices(v, self.v_cache, start_pos, slots)
+        return torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, 0, mask, 0, False)
 
     def _standard_attention(self, q, k, v, start_pos: int):
         seqlen, max_context = q.shape[1], self.k_cache.shape[1]
@@ -140,6 +181,13 @@ class Attention(nn.Module):
         values = self.v_cache.transpose(1, 2).repeat_interleave(repeats, dim=1)
         out = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
         return out.transpose(1, 2)
+
+
+def _quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int8 per [batch, position, head] row, as ExecuTorch's QuantizedKVCache does it."""
+    scale, zero = torch.ops.quantized_decomposed.choose_qparams_per_token_asymmetric.default(x, torch.int8)
+    values = torch.ops.quantized_decomposed.quantize_per_token(x, scale, zero, -128, 127, torch.int8)
+    return values, scale.to(torch.float32), zero.to(torch.int8)
 
 
 class FeedForward(nn.Module):
@@ -162,8 +210,8 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(arch.dim, arch.norm_eps, rms_norm)
         self.ffn_norm = RMSNorm(arch.dim, arch.norm_eps, rms_norm)
 
-    def forward(self, x, start_pos: int, cos, sin, swap):
-        h = x + self.attention(self.attention_norm(x), start_pos, cos, sin, swap)
+    def forward(self, x, start_pos: int, cos, sin, swap, ring=None):
+        h = x + self.attention(self.attention_norm(x), start_pos, cos, sin, swap, ring)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -193,8 +241,11 @@ class Transformer(nn.Module):
         )
         # The eager reference scores every position; the shipped program returns the last only.
         self.all_logits = False
+        self.attention_sink: CachePositionsWithSink | None = None  # use_attention_sink()
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        if self.attention_sink is not None:
+            return self._forward_with_sink(tokens, input_pos)
         seqlen = tokens.shape[1]
         start_pos = input_pos[0].item()
         torch._check(start_pos >= 0)
@@ -203,6 +254,29 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, start_pos, cos, sin, self.rope_swap)
+        if not self.all_logits:
+            h = h[:, -1, :]
+        return self.head(h)
+
+    def _forward_with_sink(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Any start position (no end of context): RoPE at the true positions, one mask for every block.
+
+        Positions have no bound, so cos/sin come from the position in the graph (float32 angle p x frequency,
+        the same products as rope_tables' rows) rather than from a table. XNNPACK takes the cos/sin (SmolLM2
+        4,256: no cos/sin among the ops outside delegates) and a decode step costs no measurable time more."""
+        sink = self.attention_sink
+        seqlen = tokens.shape[1]
+        start_pos = input_pos[0].item()
+        torch._check(start_pos >= 0)
+        torch._check(seqlen <= sink.window)  # a longer chunk would overwrite keys its own first queries need
+        slots, mask = sink.step(start_pos, seqlen)
+        h = self.tok_embeddings(tokens)
+        positions = torch.arange(seqlen, dtype=torch.long) + start_pos
+        angles = positions.to(torch.float32).view(seqlen, 1, 1) * self.rope_inv_freq  # [S, 1, head_dim]
+        cos, sin = torch.cos(angles).to(h.dtype), torch.sin(angles).to(h.dtype)
+        ring = (slots.unsqueeze(0), mask)
+        for layer in self.layers:
+            h = layer(h, start_pos, cos, sin, self.rope_swap, ring)
         if not self.all_logits:
             h = h[:, -1, :]
         return self.head(h)
@@ -230,6 +304,82 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.k_cache.zero_()
             layer.attention.v_cache.zero_()
+        if self.attention_sink is not None:
+            self.attention_sink.cache_positions.zero_()
+
+    def use_int8_kv_cache(self) -> None:
+        """Swap every block's float32 KV cache for ExecuTorch's int8 one (custom attention kernel only);
+        done after the float reference is computed, so parity measures what the int8 cache costs."""
+        for layer in self.layers:
+            if layer.attention.kernel != "custom":
+                raise ValueError("an int8 KV cache needs the custom attention kernel (XNNPACK targets)")
+            layer.attention.use_int8_cache()
+
+
+    def use_attention_sink(self, sink_size: int, window: int) -> None:
+        """Swap every block's KV cache for a ring with attention sinks (CachePositionsWithSink): the cache becomes
+        sink_size + 2 x window positions and the program takes any start position. Custom attention kernel,
+        float32 cache only; done after the float reference is computed, as use_int8_kv_cache. RoPE is computed
+        from the true position in the graph (_forward_with_sink), so the cos/sin tables go and the frequencies,
+        repeated over each interleaved pair, take their place."""
+        for layer in self.layers:
+            if layer.attention.kernel != "custom" or layer.attention.kv_cache != "fp32":
+                raise ValueError("an attention sink needs the custom attention kernel and a float32 KV cache")
+        self.attention_sink = sink = CachePositionsWithSink(sink_size, window)
+        arch = self.arch
+        freqs = rope_frequencies(arch.head_dim, arch.rope_theta, arch.rope_scaling)
+        self.register_buffer("rope_inv_freq", freqs.repeat_interleave(2), persistent=False)
+        empty = torch.zeros(0, 1, arch.head_dim)  # not in the program: a table would bound the position
+        self.rope_cos, self.rope_sin = empty, empty.clone()
+        for layer in self.layers:
+            attention = layer.attention
+            shape = (1, sink.cache_size, *attention.k_cache.shape[2:])
+            attention.k_cache = torch.zeros(shape, dtype=attention.k_cache.dtype)
+            attention.v_cache = torch.zeros(shape, dtype=attention.v_cache.dtype)
+
+
+class CachePositionsWithSink(nn.Module):
+    """ExecuTorch's attention sink (examples/models/llama/source_transformation/attention_sink.py, StreamingLLM,
+    arXiv 2309.17453): the first ``sink_size`` positions keep fixed cache slots, every later one goes into a ring
+    of 2 x ``window`` slots after them (``CachePositionsManagerWithSink``), and a query sees the sinks plus the
+    last ``window`` positions (``_create_causal_mask_for_attention_sink``). Unlike ExecuTorch, RoPE is not
+    taken at the remapped slot (``RopeWithAttentionSink``) but at the true position (Transformer._forward_with_sink):
+    a key keeps its rotation when the ring wraps, so every query-key distance is the true one.
+
+    One manager for the whole model (ExecuTorch keeps one per block; they hold the same values). Slots store
+    position + 1, with 0 for an empty slot: ExecuTorch's runtime zero-fills a mutable buffer, so this needs
+    none of the initialisation pass ExecuTorch's -1 sentinel does. Up to sink_size + window positions the
+    mask is exactly causal attention over everything. Measured on SmolLM2-135M with 4,256 against full
+    attention (README, Chat): where the window spans a wrap, ExecuTorch's remapped RoPE falls to top-1 0.47
+    and ppl ratio 3.0 (keys written before the wrap sit at a wrong distance); true positions hold 0.83, 1.17."""
+
+    def __init__(self, sink_size: int, window: int):
+        super().__init__()
+        if sink_size < 1 or window < 1:
+            raise ValueError(f"an attention sink needs sink_size >= 1 and window >= 1, not {sink_size}, {window}")
+        self.sink_size, self.window, self.ring = sink_size, window, 2 * window
+        self.cache_size = sink_size + self.ring
+        self.register_buffer("cache_positions", torch.zeros(self.cache_size, dtype=torch.long), persistent=False)
+
+    def remap(self, positions: torch.Tensor) -> torch.Tensor:
+        """A position's cache slot: sinks keep theirs, the rest wrap around the ring."""
+        return torch.where(positions < self.sink_size, positions,
+                           self.sink_size + (positions - self.sink_size) % self.ring)
+
+    def step(self, start_pos, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Record positions start_pos.. in their slots; their slots [seqlen] and the mask [seqlen, cache_size]
+        (0 where a query may attend, -inf elsewhere) for ``llama::custom_sdpa``."""
+        positions = torch.arange(seqlen, dtype=torch.long) + start_pos
+        slots = self.remap(positions)
+        # A call from an earlier position forgets what was written from there on (start_pos 0: a fresh cache).
+        kept = torch.where(torch.arange(self.cache_size, dtype=torch.long) < start_pos, self.cache_positions,
+                           torch.zeros_like(self.cache_positions))
+        self.cache_positions.copy_(kept)
+        self.cache_positions.index_copy_(0, slots, positions + 1)
+        stored = self.cache_positions - 1  # -1: empty
+        delta = positions.unsqueeze(1) - stored
+        visible = (stored >= 0) & (delta >= 0) & ((stored < self.sink_size) | (delta < self.window))
+        return slots, torch.where(visible, 0.0, float("-inf"))
 
 
 def build_model(arch: Architecture, max_context: int, state_dict: dict[str, torch.Tensor],

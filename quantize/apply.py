@@ -105,7 +105,7 @@ class PartQuantizer:
             self.model.tok_embeddings.weight = self.model.output.weight  # torchao's embedding dequantizes it row by row
             self.applied["embedding:tok_embeddings"] = {"shared_with": "output"}
         if self.calibrator is not None:
-            self.calibrator.observer.clear()
+            self.calibrator.clear()
 
     def observe(self, prefix: str):
         """A context in which the part's calibrated linears record their inputs (stream_build runs the

@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from scipy.linalg import lapack
 from torch import nn
 
 from llama_mobile.quantize.recipe import Calibration, LayerQuant
@@ -92,12 +94,16 @@ class HessianObserver:
             self._last = (x, name)
         return record
 
-    def pop(self, name: str) -> torch.Tensor | None:
-        """H = 2/n X^T X for the layer (None when it never ran); ``clear`` drops the sums after the block."""
-        owner = self._shared.get(name, name)
+    def owner(self, name: str) -> str:
+        """The layer whose Hessian ``name`` shares (itself when it has its own)."""
+        return self._shared.get(name, name)
+
+    def take(self, owner: str) -> torch.Tensor | None:
+        """H = 2/n X^T X of ``owner`` (None when it never ran), handed over: scaled in place and dropped here,
+        so a 8192-wide Hessian exists once."""
         if owner not in self.hessians:
             return None
-        return self.hessians[owner] * (2.0 / max(1, self.tokens[owner]))
+        return self.hessians.pop(owner).mul_(2.0 / max(1, self.tokens.pop(owner)))
 
     def clear(self) -> None:
         self.hessians.clear()
@@ -117,7 +123,7 @@ def weighted_group_scales(weight: torch.Tensor, importance: torch.Tensor, group_
                       for a in range(0, rows, step)])
 
 
-SEARCH_ELEMENTS = 1 << 22  # candidates x weights per batch of rows
+SEARCH_ELEMENTS = 1 << 18  # candidates x weights per batch of rows: small enough to stay in cache (5x faster)
 
 
 def _search(weight: torch.Tensor, importance: torch.Tensor, group_size: int, qmin: int, qmax: int) -> torch.Tensor:
@@ -154,22 +160,38 @@ def imatrix_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: in
     return q.reshape(rows, k).to(torch.int8), scale
 
 
+@dataclass
+class Factored:
+    """What GPTQ needs of a Hessian, computed once for the layers that share it (wq/wk/wv, w1/w3)."""
+
+    hinv: torch.Tensor  # upper Cholesky factor of the damped H^-1
+    importance: torch.Tensor  # H's diagonal (dead inputs 1)
+    dead: torch.Tensor  # inputs that never saw a nonzero activation
+
+
 @torch.no_grad()
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, qmin: int, qmax: int, *,
-                  damp: float = 0.1, block: int = GPTQ_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """GPTQ (torchao ``prototype/gptq`` ``gptq_quantize``, Algorithm 1) on CPU for symmetric integer
-    groups; each group's scale is chosen by ``weighted_group_scales`` when the group is reached.
-    Returns (int8 values [rows, k], scales [rows, k // group_size])."""
-    rows, k = weight.shape
-    w = weight.to(torch.float32).clone()
-    h = hessian.to(torch.float32).clone()
+def factor_hessian(hessian: torch.Tensor, damp: float) -> Factored:
+    """GPTQ's preparation of H (consumed: modified in place)."""
+    h = hessian.to(torch.float32)
     dead = h.diagonal() == 0
     h[dead, dead] = 1
-    w[:, dead] = 0
     importance = h.diagonal().clone()
     h.diagonal().add_(damp * h.diagonal().mean())
-    hinv = _upper_inverse_cholesky(h)
-    del h
+    return Factored(_upper_inverse_cholesky(h), importance, dead)
+
+
+@torch.no_grad()
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | Factored, group_size: int, qmin: int, qmax: int,
+                  *, damp: float = 0.1, block: int = GPTQ_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ (torchao ``prototype/gptq`` ``gptq_quantize``, Algorithm 1) on CPU for symmetric integer
+    groups; each group's scale is chosen by ``weighted_group_scales`` when the group is reached.
+    ``hessian`` is H (left untouched) or its ``factor_hessian``. Returns (int8 values [rows, k], scales
+    [rows, k // group_size])."""
+    factored = hessian if isinstance(hessian, Factored) else factor_hessian(hessian.clone(), damp)
+    hinv, importance = factored.hinv, factored.importance
+    rows, k = weight.shape
+    w = weight.to(torch.float32).clone()
+    w[:, factored.dead] = 0
     q_all = torch.empty((rows, k), dtype=torch.int8)
     scales = torch.empty((rows, k // group_size), dtype=torch.float32)
     block = max(group_size, block - block % group_size)
@@ -200,15 +222,26 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, 
 
 
 def _upper_inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1 (GPTQ's Hinv); more damping if H is not positive definite."""
-    extra = 0.0
-    mean = h.diagonal().mean()
-    for _ in range(6):
-        try:
-            lower = torch.linalg.cholesky(h if not extra else h + extra * mean * torch.eye(h.shape[0]))
-            return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
-        except torch.linalg.LinAlgError:
-            extra = extra * 10 if extra else 0.01
+    """Upper Cholesky factor U of H^-1 (GPTQ's Hinv, U^T U = H^-1); more damping if H is not positive
+    definite. With J the reversal, J H J = L L^T gives U = J L^-1 J: one Cholesky and one triangular
+    inverse (LAPACK's trtri), half the work of inverting H and factoring again (5.5 s -> 2.5 s for w2 of
+    Llama 3.2 1B on two cores). ``h`` is consumed; at most two n x n matrices live at once."""
+    flipped = h.flip(0, 1)
+    del h
+    mean = flipped.diagonal().mean()
+    previous = 0.0
+    for extra in (0.0, 0.01, 0.1, 1.0, 10.0, 100.0):
+        if extra:
+            flipped.diagonal().add_((extra - previous) * mean)
+        previous = extra
+        lower, info = torch.linalg.cholesky_ex(flipped)
+        if int(info) == 0:
+            del flipped
+            # torch's factor is column-major already, the layout trtri inverts in place without a copy
+            inverse, info = lapack.strtri(np.asfortranarray(lower.numpy()), lower=1, overwrite_c=1)
+            if info != 0:
+                break
+            return torch.from_numpy(inverse).flip(0, 1).contiguous()
     raise RuntimeError("the calibration Hessian is not positive definite even with damping")
 
 
@@ -218,6 +251,7 @@ class Calibrator:
 
     calibration: Calibration
     observer: HessianObserver
+    factored: dict[str, Factored | torch.Tensor] = field(default_factory=dict)  # by Hessian owner
 
     @classmethod
     def create(cls, calibration: Calibration) -> Calibrator:
@@ -225,11 +259,21 @@ class Calibrator:
 
     def solve(self, name: str, weight: torch.Tensor, quant: LayerQuant) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(int8 values, scales) for the layer, or None when it saw no calibration input."""
-        hessian = self.observer.pop(name)
-        if hessian is None:
-            return None
+        owner = self.observer.owner(name)
+        if owner not in self.factored:
+            hessian = self.observer.take(owner)
+            if hessian is None:
+                return None
+            self.factored[owner] = (factor_hessian(hessian, self.calibration.damp)
+                                    if self.calibration.method == "gptq" else hessian)
+        prepared = self.factored[owner]
         qmax = (1 << (quant.weight_bits - 1)) - 1
         qmin = -qmax - 1
         if self.calibration.method == "gptq":
-            return gptq_quantize(weight, hessian, quant.group_size, qmin, qmax, damp=self.calibration.damp)
-        return imatrix_quantize(weight, hessian, quant.group_size, qmin, qmax)
+            return gptq_quantize(weight, prepared, quant.group_size, qmin, qmax)
+        return imatrix_quantize(weight, prepared, quant.group_size, qmin, qmax)
+
+    def clear(self) -> None:
+        """After a part: its Hessians and factors are not needed again."""
+        self.observer.clear()
+        self.factored.clear()

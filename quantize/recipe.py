@@ -135,9 +135,12 @@ class Recipe:
     pt2e: Pt2eQuant | None = None  # set: the backend's PT2E quantizer does all quantization, not torchao
     calibration: Calibration | None = None  # set: calibrated int4 weights (`export --calibration FILE`)
     rotation: Rotation | None = None  # set: the float weights are rotated before they are quantized
+    kv_cache: str = "fp32"  # "int8": ExecuTorch's quantized KV cache and SDPA (export/model.py)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
+        if self.kv_cache == "fp32":  # recipes without it keep the manifest they always had
+            del data["kv_cache"]
         if self.calibration is None:  # recipes without it keep the manifest they always had
             del data["calibration"]
         if self.rotation is None:
@@ -173,7 +176,8 @@ def _compiled(pattern: str) -> SafePattern:
 
 
 _TOP_KEYS = {"name", "summary", "version", "dtype", "targets", "linear", "embedding", "output",
-             "overrides", "thresholds", "pt2e", "calibration", "rotation"}
+             "overrides", "thresholds", "pt2e", "calibration", "rotation", "kv_cache"}
+KV_CACHES = ("fp32", "int8")
 _ROTATION_KEYS = {"kind", "seed", "r1", "r2", "online_down_proj"}
 _PT2E_KEYS = {"quantizer", "scheme", "block_size"}
 _LAYER_KEYS = {"scheme", "group_size", "symmetric", "algorithm"}
@@ -342,6 +346,9 @@ def parse_recipe(data: dict, source: str) -> Recipe:
     pt2e = _pt2e(data.get("pt2e"), data, targets, problems)
     calibration = _calibration(data.get("calibration"), linear, overrides, data.get("pt2e"), problems)
     rotation = _rotation(data.get("rotation"), data, problems)
+    kv_cache = data.get("kv_cache", "fp32")
+    if kv_cache not in KV_CACHES:
+        problems.append(f"kv_cache {kv_cache!r} is not one of {', '.join(KV_CACHES)}")
     thresholds = Thresholds()
     raw_thresholds = data.get("thresholds", {})
     if isinstance(raw_thresholds, dict):
@@ -362,7 +369,7 @@ def parse_recipe(data: dict, source: str) -> Recipe:
     return Recipe(name=name, summary=str(data.get("summary", "")), dtype=dtype, linear=linear,
                   embedding=embedding, output=output, overrides=tuple(overrides),
                   targets=tuple(targets), thresholds=thresholds, version=version, pt2e=pt2e,
-                  calibration=calibration, rotation=rotation)
+                  calibration=calibration, rotation=rotation, kv_cache=str(kv_cache))
 
 
 def read_recipe_file(path: Path) -> Recipe:

@@ -1,10 +1,20 @@
-"""One benchmark measurement in a fresh process, so its peak RSS is the artifact's alone.
+"""One benchmark measurement of `bench --runtime python` in a fresh process, so its peak RSS is the
+artifact's alone:
 
-    python -m runtime_harness.bench_worker executorch BUNDLE PROMPT_FILE NEW_TOKENS THREADS
-    python -m runtime_harness.bench_worker llama.cpp GGUF PROMPT_FILE NEW_TOKENS THREADS
-Prints one JSON object: prompt_tokens, generated_tokens, ttft_ms, prefill_tps, decode_tps, peak_rss_bytes
-(and, from llama.cpp, the greedy tokens). Our side runs here through TextLLMRunner with `--runtime python`;
-the native runner (runtime_harness/native_runner.py) is its own process.
+    python -m llama_mobile.runtime_harness.bench_worker executorch BUNDLE PROMPT_FILE NEW_TOKENS THREADS
+
+ExecuTorch's TextLLMRunner through the Python bindings, with ExecuTorch's own kernels (XNNPACK, and
+llama::custom_sdpa / update_cache from the wheel's libcustom_ops_aot_lib.so); one untimed warm-up
+generation of the same prompt first (TextLLMRunner's first generation in a process costs more than the
+next ones), as llama-bench warms up before it times. The process holds torch (~355 MiB before the
+model), so "model RSS" (what loading and running added) is its like-for-like memory figure. Prints one
+JSON object: prompt_tokens, generated_tokens, ttft_ms, prefill_tps, decode_tps, peak_rss_bytes,
+model_rss_bytes.
+
+The default native runner (runtime_harness/native_runner.py) and the llama.cpp peer
+(runtime_harness/llama_bench.py) are processes of their own. `llama_cpp_run` (greedy decoding through
+llama-cpp-python) is no longer a bench side: tests/test_gguf_writer.py uses it to check a written GGUF's
+greedy tokens against llama.cpp's logits.
 """
 from __future__ import annotations
 
@@ -34,11 +44,12 @@ def executorch_run(bundle: Path, prompt: str, new_tokens: int, threads: int) -> 
     global BASELINE
     BASELINE = resident_bytes()
     runner = Runner.of(Bundle(bundle, read_manifest(bundle)))  # the parent verified the files
+    runner.generate(prompt, max_new_tokens=2)  # warm-up: prefill and one decode step, untimed
     result = runner.generate(prompt, max_new_tokens=new_tokens)
     s = result.stats
     return {"prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens,
             "ttft_ms": s.time_to_first_token_ms, "prefill_tps": s.prefill_tokens_per_s,
-            "decode_tps": s.decode_tokens_per_s}
+            "decode_tps": s.decode_tokens_per_s, "warmup": 1}
 
 
 def llama_cpp_last_logits(llm):
@@ -49,6 +60,7 @@ def llama_cpp_last_logits(llm):
 
 
 def llama_cpp_run(gguf: Path, prompt: str, new_tokens: int, threads: int) -> dict:
+    """Greedy decoding through llama-cpp-python: not a bench side (see the module docstring)."""
     llama_cpp_module()  # `llama-mobile peer build`'s library, when there is one
     from llama_cpp import Llama
 
@@ -75,8 +87,9 @@ def llama_cpp_run(gguf: Path, prompt: str, new_tokens: int, threads: int) -> dic
 def main() -> None:
     kind, artifact, prompt_file, new_tokens, threads = sys.argv[1:6]
     prompt = Path(prompt_file).read_text(encoding="utf-8")
-    run = executorch_run if kind == "executorch" else llama_cpp_run
-    result = run(Path(artifact), prompt, int(new_tokens), int(threads))
+    if kind != "executorch":
+        sys.exit(f"bench_worker: unknown kind {kind!r} (the llama.cpp peer is runtime_harness/llama_bench.py)")
+    result = executorch_run(Path(artifact), prompt, int(new_tokens), int(threads))
     result["peak_rss_bytes"] = peak_rss_bytes()
     # What loading and running the model added on top of the interpreter and its libraries.
     result["model_rss_bytes"] = result["peak_rss_bytes"] - BASELINE

@@ -11,18 +11,23 @@ Two engines hold the cache:
 - RunnerEngine: ExecuTorch's TextLLMRunner, which continues from its position until reset(); each
   generate() call gets the new text only (what the Android and iOS apps do with the same runner).
 
-Context policy (no attention-sink export): when the history, the new turn and `reserve` tokens for the
-reply do not fit the context, the oldest messages are dropped (a leading system message is always
-kept, and the kept history starts with a user turn), and the kept conversation is prefilled again from
-an empty cache. fit_history is that policy; the Kotlin core has the same (ContextPolicy.kt,
-tests/vectors/chat_context.json).
+Context policy: when the history, the new turn and `reserve` tokens for the reply do not fit the context,
+the oldest messages are dropped (a leading system message is always kept, and the kept history starts
+with a user turn), and the kept conversation is prefilled again from an empty cache. fit_history is that
+policy; the Kotlin and Swift cores have the same (ContextPolicy.kt, tests/vectors/chat_context.json).
+
+A bundle exported with an attention sink (manifest runtime.attention_sink) has no end of context: its
+cache is a ring that keeps the first tokens and the last window, so the engines are `sliding` and a turn
+counts the cache as empty, as ExecuTorch's TextLLMRunner does for such programs. The conversation then
+continues past the cache size without dropping anything; only a turn that must rebuild the cache (a cut
+reply, a changed history) and does not fit it on its own falls back to the policy.
 """
 from __future__ import annotations
 
 import codecs
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from executorch.extension.llm.runner import GenerationConfig
@@ -41,7 +46,7 @@ class Reply:
     finish: str  # "stop": a stop token; "length": max_new_tokens or the context ran out
     prompt_tokens: int  # tokens prefilled for this turn (the delta, or everything after a re-prefill)
     generated_tokens: int
-    position: int  # tokens in the KV cache after the turn
+    position: int  # tokens in the KV cache after the turn (with an attention sink: positions, past the cache)
     time_to_first_token_ms: float
     decode_tokens_per_s: float
     dropped_messages: int = 0  # dropped by the context policy so far
@@ -103,6 +108,7 @@ class ProgramEngine:
 
     def __init__(self, program, tokenizer: Tokenizer, stop_ids: tuple[int, ...]):
         self.program, self.tokenizer, self.stop_ids = program, tokenizer, tuple(stop_ids)
+        self.sliding = getattr(program, "attention_sink", None) is not None  # any position: no end of context
         self.ids: list[int] = []  # what the cache holds, position by position
         self.last_prefill_logits = None
         self.chunk = max(1, int(getattr(program, "max_seq_len", 0) or 1))
@@ -154,7 +160,7 @@ class ProgramEngine:
             pieces.append(piece)
             if on_text and piece:
                 on_text(piece)
-            if self.position >= self.context:  # no room to feed it: the cache ends before this token
+            if self.position >= self.context and not self.sliding:  # no room: the cache ends before this token
                 out.pop()
                 pieces.pop()
                 break
@@ -185,6 +191,7 @@ class RunnerEngine:
 
     def __init__(self, runner, context: int):
         self.runner, self.context, self.position = runner, context, 0
+        self.sliding = getattr(runner, "attention_sink", None) is not None  # the runner recycles the ring
 
     def reset(self) -> None:
         self.runner._runner.reset()
@@ -287,8 +294,8 @@ class Conversation:
         if self._stale or not rendered.startswith(self.cached_text) or not self.cached_text:
             delta_text, reprefilled = rendered, True
         delta = self.tokenizer.encode(delta_text)
-        start = 0 if reprefilled else self.engine.position
-        if start + len(delta) + self.reserve > self.engine.context:
+        held = 0 if reprefilled or self.engine.sliding else self.engine.position  # a ring counts as empty
+        if held + len(delta) + self.reserve > self.engine.context:
             budget = self.engine.context - self.reserve
             drop = fit_history(self.template, self.window, lambda text: len(self.tokenizer.encode(text)), budget)
             self._drop(drop)
@@ -297,7 +304,7 @@ class Conversation:
             delta = self.tokenizer.encode(delta_text)
         if reprefilled:
             self.engine.reset()
-        room = self.engine.context - self.engine.position - len(delta)
+        room = self.engine.context - (0 if self.engine.sliding else self.engine.position) - len(delta)
         max_new = max(1, min(max_new_tokens, room))
         if isinstance(self.engine, RunnerEngine):
             text, finish, stats = self.engine.run_text(delta_text, len(delta), max_new, temperature, on_text,

@@ -7,12 +7,13 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from llama_mobile.core.errors import RuntimeFailure
 from llama_mobile.core.bundle import Bundle
+from llama_mobile.core.errors import RuntimeFailure
+from llama_mobile.core.manifest import AttentionSink
 from llama_mobile.runtime_harness.host import refuse_off_macos
 from llama_mobile.runtime_harness.program import check_loads, load_runtime_ops, quiet_native_stderr
 
@@ -46,7 +47,12 @@ def _stats(raw) -> GenerationStats:
 
 
 class Runner:
-    def __init__(self, program: Path, tokenizer: Path, weights: Path | None = None):
+    def __init__(self, program: Path, tokenizer: Path, weights: Path | None = None, *,
+                 attention_sink: AttentionSink | None = None):
+        """attention_sink: the manifest's runtime.attention_sink. TextLLMRunner (ExecuTorch 1.5.1) takes a
+        program whose max_seq_len is below its max_context_len as a sliding window: it runs past the cache
+        size, bounding one call's prompt and its new tokens by max_context_len (text_llm_runner.cpp)."""
+        self.attention_sink = attention_sink
         check_loads(program, weights)  # a damaged program must not crash this process
         load_runtime_ops()
         from executorch.extension.llm.runner import TextLLMRunner
@@ -61,7 +67,8 @@ class Runner:
     @classmethod
     def of(cls, bundle: Bundle) -> Runner:
         refuse_off_macos(bundle)
-        return cls(bundle.program, bundle.tokenizer, bundle.weights)
+        return cls(bundle.program, bundle.tokenizer, bundle.weights,
+                   attention_sink=bundle.manifest.runtime.attention_sink)
 
     def generate(self, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
                  on_text: Callable[[str], None] | None = None, hide: tuple[str, ...] = ()) -> Generation:

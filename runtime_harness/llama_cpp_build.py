@@ -14,6 +14,10 @@
    `LLAMA_CPP_LIB_PATH` (llama_cpp/llama_cpp.py: `_base_path` is that folder when the variable is set), so
    the llama.cpp logits come from the same library as the quantizer: no second compile.
 4. build.json records the version, the cmake command, the ISA options and the CPU flags they came from.
+
+`bench --vs-llama-cpp` times llama.cpp with this build's own `llama-bench` (runtime_harness/llama_bench.py),
+so the peer's figures come from llama.cpp's C++ loop with every ISA extension this CPU runs (less AMX),
+not from a Python binding's loop.
 """
 from __future__ import annotations
 
@@ -25,9 +29,9 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from llama_mobile.core.atomic import temporary_path
 from llama_mobile.core.errors import ResourceError
@@ -284,3 +288,18 @@ def require_tool(name: str) -> Path:
     if not found:
         raise ResourceError(f"{name} is not built", fix="llama-mobile peer build")
     return Path(found)
+
+
+def isa_label(options: dict[str, bool]) -> str:
+    """"AVX AVX2 FMA F16C ..." for the ggml ISA options a build turned on."""
+    on = [name.removeprefix("GGML_") for name, enabled in options.items() if enabled]
+    return " ".join(on) if on else "baseline x86-64"
+
+
+def bench_tool() -> tuple[Path, LlamaCppBuild]:
+    """This project's llama-bench and its build (version, ISA options: what the bench report names). A
+    llama-bench from elsewhere is not used: its version and flags would be unknown."""
+    build = find_build()
+    if build is None:
+        raise ResourceError("llama.cpp's llama-bench is not built", fix="llama-mobile peer build")
+    return build.tool("llama-bench"), build

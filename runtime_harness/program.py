@@ -12,6 +12,7 @@ import torch
 
 from llama_mobile.core.bundle import Bundle
 from llama_mobile.core.errors import RuntimeFailure
+from llama_mobile.core.manifest import AttentionSink
 from llama_mobile.runtime_harness.host import refuse_off_macos
 
 
@@ -37,9 +38,12 @@ def quiet_native_stderr():
 class Program:
     """forward(tokens, input_pos) of an LLM .pte; the KV cache lives inside the program."""
 
-    def __init__(self, path: Path, weights: Path | None = None, *, trusted: bool = False):
+    def __init__(self, path: Path, weights: Path | None = None, *, trusted: bool = False,
+                 attention_sink: AttentionSink | None = None):
         """trusted: a program this process just wrote (the export's parity gate); any other is first
-        loaded in a child process (check_loads)."""
+        loaded in a child process (check_loads). attention_sink: the manifest's runtime.attention_sink; such a
+        program takes any position (its cache is a ring), so context_len bounds one call, not the sequence."""
+        self.attention_sink = attention_sink
         if not trusted:
             check_loads(path, weights)
         load_runtime_ops()
@@ -58,7 +62,7 @@ class Program:
     @classmethod
     def of(cls, bundle: Bundle) -> Program:
         refuse_off_macos(bundle)
-        return cls(bundle.program, bundle.weights)
+        return cls(bundle.program, bundle.weights, attention_sink=bundle.manifest.runtime.attention_sink)
 
     def _constant(self, name: str) -> int:
         try:
@@ -68,7 +72,7 @@ class Program:
                                  fix="re-export it with this llama-mobile version") from None
 
     def forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
-        if start_pos + tokens.shape[1] > self.context_len:
+        if start_pos + tokens.shape[1] > self.context_len and self.attention_sink is None:
             raise RuntimeFailure(f"{start_pos + tokens.shape[1]} tokens exceed the context of "
                                  f"{self.context_len}", path=self.path, fix="use a shorter prompt or text")
         try:

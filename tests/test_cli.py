@@ -7,8 +7,23 @@ from pathlib import Path
 import pytest
 
 CLI = [sys.executable, "-m", "llama_mobile.cli"]
-COMMANDS = [[], ["export"], ["generate"], ["validate"], ["guard"], ["bench"], ["verify"], ["plan"], ["devices"],
-            ["models"], ["recipes"], ["recipes", "show"], ["targets"]]
+
+
+def _every_command() -> list[list[str]]:
+    """The group, every command and every subcommand, read from the CLI itself (a new one is covered)."""
+    import click
+
+    from llama_mobile.cli.main import main
+
+    found = [[]]
+    for name, command in sorted(main.commands.items()):
+        found.append([name])
+        if isinstance(command, click.Group):
+            found += [[name, sub] for sub in sorted(command.commands)]
+    return found
+
+
+COMMANDS = _every_command()
 
 
 def run(*args, timeout=600):

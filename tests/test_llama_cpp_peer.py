@@ -1,6 +1,7 @@
-"""The llama.cpp peer: a portable build of llama.cpp (flags from /proc/cpuinfo, never -march=native), the
-peer-type list, and `bench --quality` against a list of llama.cpp types (with a fake peer: CI has no
-llama.cpp; the tests on the real one skip when `llama-mobile peer build` has not run)."""
+"""The llama.cpp peer: a portable build of llama.cpp (flags from /proc/cpuinfo, never -march=native), its
+llama-bench as bench's peer (a recorded real output parsed), the peer-type list, and `bench --quality`
+against a list of llama.cpp types (with a fake peer: CI has no llama.cpp; the tests on the real one skip
+when `llama-mobile peer build` has not run)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from llama_mobile.cli.main import main
-from llama_mobile.core.errors import ResourceError, UsageError
+from llama_mobile.core.errors import ResourceError, RuntimeFailure, UsageError
 from llama_mobile.core.reports import OURS, PEER, BenchReport
+from llama_mobile.runtime_harness import llama_bench
 from llama_mobile.runtime_harness import llama_cpp_build as lcb
 from llama_mobile.runtime_harness.gguf_peer import PeerType, parse_peer_types
 from llama_mobile.runtime_harness.parity import CORPUS_DIR
@@ -209,3 +211,174 @@ def test_the_real_quantizer_and_library(tmp_path):
     assert 60e6 < out.stat().st_size < 100e6
     logits = llama_cpp_logits(out, [1, 504, 3250, 314, 253])
     assert logits.shape == (5, 49152) and torch.isfinite(logits).all()
+
+
+# Recorded from this project's llama-bench (llama-cpp-python 0.3.36, `llama-mobile peer build` on a 2-vCPU
+# AMD EPYC VM) on the embedded SmolLM2-135M requantized to Q4_0 by llama-quantize, as llama_bench.commands
+# runs it for a 16-token prompt and 8 new tokens:
+#   llama-bench -m smollm2-135m-instruct-Q4_0.gguf -t 2 -r 1 -o json -p 16 -n 0
+RECORDED_PP = """[
+  {
+    "build_commit": "0c1e570",
+    "build_number": 1,
+    "cpu_info": "AMD EPYC",
+    "gpu_info": "",
+    "backends": "CPU",
+    "model_filename": "smollm2-135m-instruct-Q4_0.gguf",
+    "model_type": "llama 256M Q4_0",
+    "model_size": 89941248,
+    "model_n_params": 134515008,
+    "n_batch": 2048,
+    "n_ubatch": 512,
+    "n_threads": 2,
+    "cpu_mask": "0x0",
+    "cpu_strict": false,
+    "poll": 50,
+    "type_k": "f16",
+    "type_v": "f16",
+    "n_gpu_layers": -1,
+    "n_cpu_moe": 0,
+    "split_mode": "layer",
+    "main_gpu": 0,
+    "no_kv_offload": false,
+    "flash_attn": -1,
+    "devices": "auto",
+    "tensor_split": "0.00",
+    "tensor_buft_overrides": "none",
+    "load_mode": "auto",
+    "lazy_mode": "auto",
+    "embeddings": false,
+    "no_op_offload": 0,
+    "no_host": false,
+    "repack": true,
+    "fit_target": 0,
+    "fit_min_ctx": 0,
+    "n_prompt": 16,
+    "n_gen": 0,
+    "n_depth": 0,
+    "test_time": "2026-11-30T16:24:30Z",
+    "avg_ns": 21545865,
+    "stddev_ns": 0,
+    "avg_ts": 742.601887,
+    "stddev_ts": 0.000000,
+    "samples_ns": [ 21545865 ],
+    "samples_ts": [ 742.602 ]
+  }
+]"""
+#   llama-bench -m smollm2-135m-instruct-Q4_0.gguf -t 2 -r 1 -o json -p 0 -n 7 -d 16
+RECORDED_TG = """[
+  {
+    "build_commit": "0c1e570",
+    "build_number": 1,
+    "cpu_info": "AMD EPYC",
+    "gpu_info": "",
+    "backends": "CPU",
+    "model_filename": "smollm2-135m-instruct-Q4_0.gguf",
+    "model_type": "llama 256M Q4_0",
+    "model_size": 89941248,
+    "model_n_params": 134515008,
+    "n_batch": 2048,
+    "n_ubatch": 512,
+    "n_threads": 2,
+    "cpu_mask": "0x0",
+    "cpu_strict": false,
+    "poll": 50,
+    "type_k": "f16",
+    "type_v": "f16",
+    "n_gpu_layers": -1,
+    "n_cpu_moe": 0,
+    "split_mode": "layer",
+    "main_gpu": 0,
+    "no_kv_offload": false,
+    "flash_attn": -1,
+    "devices": "auto",
+    "tensor_split": "0.00",
+    "tensor_buft_overrides": "none",
+    "load_mode": "auto",
+    "lazy_mode": "auto",
+    "embeddings": false,
+    "no_op_offload": 0,
+    "no_host": false,
+    "repack": true,
+    "fit_target": 0,
+    "fit_min_ctx": 0,
+    "n_prompt": 0,
+    "n_gen": 7,
+    "n_depth": 16,
+    "test_time": "2026-11-30T16:24:31Z",
+    "avg_ns": 55494449,
+    "stddev_ns": 0,
+    "avg_ts": 126.138742,
+    "stddev_ts": 0.000000,
+    "samples_ns": [ 55494449 ],
+    "samples_ts": [ 126.139 ]
+  }
+]"""
+
+
+def test_llama_bench_runs_prefill_and_decode_as_our_side_does(tmp_path):
+    """Prefill: P tokens from an empty cache. Decode: N-1 tokens after P cached ones (our first new token
+    comes out of prefill), same threads, one repetition (bench makes and interleaves the runs)."""
+    commands = llama_bench.commands(tmp_path / "llama-bench", tmp_path / "m.gguf", 128, 64, 2)
+    for command in commands.values():
+        assert command[:3] == [str(tmp_path / "llama-bench"), "-m", str(tmp_path / "m.gguf")]
+        assert options_of(command) >= {"-t": "2", "-r": "1", "-o": "json"}.items()
+    assert options_of(commands["pp"]) >= {"-p": "128", "-n": "0"}.items() and "-d" not in commands["pp"]
+    assert options_of(commands["tg"]) >= {"-p": "0", "-n": "63", "-d": "128"}.items()
+
+
+def options_of(command: list[str]):
+    return dict(zip(command[3::2], command[4::2])).items()
+
+
+def test_a_recorded_llama_bench_output_gives_the_bench_figures():
+    pp, tg = llama_bench.parse(RECORDED_PP), llama_bench.parse(RECORDED_TG)
+    figures = llama_bench.figures(pp, tg, prompt_tokens=16, new_tokens=8)
+    assert figures["prefill_tps"] == pytest.approx(742.601887, rel=1e-6)  # llama-bench's own avg_ts
+    assert figures["decode_tps"] == pytest.approx(126.138742, rel=1e-6)
+    # time to first token: the prompt over the prefill speed, i.e. the prefill's own time
+    assert figures["ttft_ms"] == pytest.approx(21.545865, rel=1e-6)
+    assert figures["prompt_tokens"] == 16 and figures["generated_tokens"] == 8
+    assert figures["llama_bench"]["build_commit"] == "0c1e570" and figures["llama_bench"]["n_threads"] == 2
+    assert figures["llama_bench"]["backends"] == "CPU" and figures["llama_bench"]["type_k"] == "f16"
+    # the wrong test for the request is refused, not silently read
+    with pytest.raises(ValueError, match="no test pp 32 / tg 0 at depth 0"):
+        llama_bench.figures(pp, tg, prompt_tokens=32, new_tokens=8)
+    with pytest.raises(ValueError, match="no test pp 0 / tg 8 at depth 16"):
+        llama_bench.figures(pp, tg, prompt_tokens=16, new_tokens=9)
+    with pytest.raises(ValueError, match="no test pp 16 / tg 0 at depth 0"):
+        llama_bench.figures(tg, tg, prompt_tokens=16, new_tokens=8)
+    with pytest.raises(ValueError, match="no JSON"):
+        llama_bench.parse("[\n")  # what a failed llama-bench leaves on stdout
+    with pytest.raises(ValueError, match="not a list"):
+        llama_bench.parse('{"n_prompt": 16}')
+
+
+def test_no_llama_bench_is_a_one_line_error_pointing_at_peer_build(tmp_path, monkeypatch, tiny_fp32_bundle, capfd):
+    monkeypatch.setenv("LLAMA_MOBILE_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ResourceError, match="llama-bench is not built") as caught:
+        llama_bench.measure(tmp_path / "m.gguf", 8, 4, 1)
+    assert caught.value.fix == "llama-mobile peer build"
+    gguf = tmp_path / "peer.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    result = CliRunner().invoke(main, ["bench", str(tiny_fp32_bundle.bundle), "--gguf", str(gguf)])
+    stderr = result.stderr + capfd.readouterr().err
+    assert result.exit_code == ResourceError.exit_code
+    assert "llama-bench is not built" in stderr and "llama-mobile peer build" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_the_peer_peak_rss_is_the_childs_own(tmp_path):
+    """wait4's ru_maxrss of the measured process, from a small launcher: a child that touches 160 MiB
+    reports at least that, a small one far less, whatever the size of the process that asked."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from llama_mobile.runtime_harness.llama_bench import run_measured; "
+            "print(run_measured(sys.argv[1:])[1])")
+    big = "b = bytearray(160 << 20); b[::4096] = b'x' * len(b[::4096])"
+    peaks = [int(subprocess.run([sys.executable, "-c", code, sys.executable, "-c", child], capture_output=True,
+                                text=True, check=True).stdout) for child in (big, "pass")]
+    assert peaks[0] >= 160 * 2**20 > 60 * 2**20 > peaks[1]
+    with pytest.raises(RuntimeFailure, match="llama-bench failed \\(boom\\)"):
+        llama_bench.run_measured([sys.executable, "-c", "import sys; sys.exit('boom')"])

@@ -282,13 +282,15 @@ def _meta_tiny():
 META_TINY = _meta_tiny()
 
 
-def write_meta_quantized(folder: Path, kind: str, seed: int = 0, group: int = 32) -> Path:
-    """A tiny checkpoint in the layout ExecuTorch's pre-quantization modules load (test_meta_layout_is_
-    executorchs checks it against them): int8 holding int4 + float32 scales [out, in / group] + zeros for
-    block linears, int8 + scales [rows] for the embedding and the output, bf16 LoRA adaptors (QLoRA)."""
+def write_meta_quantized(folder: Path, kind: str, seed: int = 0, group: int = 32, arch=META_TINY,
+                         tokenizer: Path | None = None) -> Path:
+    """A checkpoint (tiny unless ``arch`` says otherwise) in the layout ExecuTorch's pre-quantization modules
+    load (test_meta_layout_is_executorchs checks it against them): int8 holding int4 + float32 scales
+    [out, in / group] + zeros for block linears, int8 + scales [rows] for the embedding and the output (Meta
+    stores a tied matrix twice), bf16 LoRA adaptors (QLoRA)."""
     from tests.checkpoints import random_state_dict, write_meta
 
-    write_meta(folder, META_TINY, {})
+    write_meta(folder, arch, {}, tokenizer=tokenizer)
     params = json.loads((folder / "params.json").read_text())
     params["quantization_args"] = {"group_size": group, "quantize_embedding": True,
                                    **({"spinquant": True} if kind == "spinquant" else {})}
@@ -297,7 +299,10 @@ def write_meta_quantized(folder: Path, kind: str, seed: int = 0, group: int = 32
     (folder / "params.json").write_text(json.dumps(params))
     generator = torch.Generator().manual_seed(seed + 11)
     checkpoint = {}
-    for name, weight in random_state_dict(META_TINY, seed=seed).items():
+    state = random_state_dict(arch, seed=seed)
+    if arch.tied_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    for name, weight in state.items():
         base = name.removesuffix(".weight")
         if weight.dim() == 1:
             checkpoint[name] = weight.to(torch.bfloat16)
@@ -498,3 +503,28 @@ def test_fed_tensor_is_the_one_torchao_makes(bits, group, dynamic):
         assert getattr(fed, field).dtype == getattr(made, field).dtype, field
     for field in ("target_dtype", "block_size", "dtype", "activation_quantization"):
         assert getattr(fed, field) == getattr(made, field), field
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, published_mib", [("spinquant", 1083), ("qlora", 1127)])
+def test_meta_quantized_llama32_1b_shapes(custom_ops, tmp_path, kind, published_mib):
+    """Random weights in Meta's published layout with the real 1B shapes and tokenizer: exported as published
+    (its own integers, no requantizing), and no larger than Meta's own .pte of that checkpoint."""
+    from llama_mobile.core.bundle import verify_bundle
+    from llama_mobile.core.presets import MODEL_PRESETS
+    from llama_mobile.runtime_harness.program import Program
+    from tests.checkpoints import llama3_tokenizer_model
+
+    arch = MODEL_PRESETS["llama3.2-1b"].architecture
+    folder = write_meta_quantized(tmp_path / kind, kind, arch=arch, tokenizer=llama3_tokenizer_model())
+    result = run_export(ExportRequest(model="llama3.2-1b", checkpoint=folder, recipe="8da4w-mixed-gptq",
+                                      recipe_explicit=False, target="xnnpack", output_dir=tmp_path / "out",
+                                      validate=False))
+    manifest = result.manifest.to_dict()
+    mib = sum(manifest["files"][name]["size"] for name in ("model.pte", "model.ptd") if name in manifest["files"]) / 2**20
+    print(f"llama3.2-1b {kind}: {mib:.0f} MiB (Meta's published .pte: {published_mib} MiB), "
+          f"export {sum(result.seconds.values()):.0f}s, peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
+    assert manifest["recipe"]["name"] == "as-published"
+    assert mib < published_mib
+    logits = Program.of(verify_bundle(result.bundle)).forward(torch.tensor([[128000, 9906]]), 0)
+    assert logits.shape == (1, 128256) and torch.isfinite(logits).all()

@@ -85,3 +85,34 @@ def test_3b_export_fits_in_12_gb(llama_3b_checkpoint, tmp_path):
     arch = MODEL_PRESETS["llama3.2-3b"].architecture
     estimate = export_peak_bytes(arch, load_recipe("8da4w"), 2048)
     assert abs(estimate - peak) / peak < 0.15  # the preflight's model holds at 3B too
+
+
+def _export_in_child(checkpoint, output, name: str) -> dict:
+    """The default (calibrated) recipe, in a process of its own so its peak RSS is the export's alone."""
+    import json
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "llama_mobile.cli", "export", "--model", "llama3.2-1b", "--checkpoint",
+         str(checkpoint), "--no-validate", "-o", str(output), "--name", name, "--json"],
+        capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return json.loads(completed.stdout)
+
+
+def test_1b_calibration_is_deterministic_and_bounded(llama_1b_checkpoint, tmp_path):
+    """Issue 20: GPTQ on real 1B shapes stays within 6 GiB and gives the same bytes twice."""
+    import json
+
+    from llama_mobile.core.hashing import sha256_file
+
+    runs = [_export_in_child(llama_1b_checkpoint, tmp_path, name) for name in ("a", "b")]
+    for result in runs:
+        print(f"llama3.2-1b default recipe: peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB, "
+              f"stages {result['seconds']}")
+        assert result["peak_rss_bytes"] <= 6 * 2**30
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["recipe"]["calibration"]["method"] == "gptq"
+    for name in ("model.pte", "model.ptd"):
+        assert sha256_file(tmp_path / "a" / name) == sha256_file(tmp_path / "b" / name), name

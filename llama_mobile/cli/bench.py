@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from llama_mobile.core.reports import OURS
 from llama_mobile.cli.common import FilePath, IntList, quiet_libraries, say
+from llama_mobile.core.reports import OURS
 
 
 @click.command()
@@ -19,8 +19,9 @@ from llama_mobile.cli.common import FilePath, IntList, quiet_libraries, say
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0))
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--vs-llama-cpp", "vs_llama_cpp", is_flag=True,
-              help="also run llama.cpp on the same weights requantized by llama.cpp (Q4_0 next to 8da4w); "
-                   "a Meta or Hugging Face Llama 3 source is first written as an F16 GGUF")
+              help="also time llama.cpp's own llama-bench (`llama-mobile peer build`) on the same weights "
+                   "requantized by llama.cpp (Q4_0 next to 8da4w); a Meta or Hugging Face Llama 3 source is first "
+                   "written as an F16 GGUF")
 @click.option("--gguf", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
               help="the llama.cpp file to compare with (implies --vs-llama-cpp)")
 @click.option("--plot", type=FilePath(path_type=Path, dir_okay=False), default=None,
@@ -40,10 +41,13 @@ from llama_mobile.cli.common import FilePath, IntList, quiet_libraries, say
 @click.option("--quality-only", is_flag=True, help="the quality table alone: no speed runs")
 @click.option("--peer-dir", type=FilePath(path_type=Path, file_okay=False), default=None,
               help="keep the --peer-types GGUFs here (default: a temporary folder)")
-@click.option("--runtime", type=click.Choice(["auto", "native", "python"]), default="auto", show_default=True,
-              help="our side: 'native' builds a C++ runner on ExecuTorch's runtime alone (what an app links; "
-                   "needs g++), 'python' uses TextLLMRunner through the Python bindings (the process holds "
-                   "torch); 'auto' is native when a compiler is found")
+@click.option("--runtime", type=click.Choice(["auto", "native", "python", "native-own-kernels"]), default="auto",
+              show_default=True,
+              help="our side: 'native' builds a C++ runner on ExecuTorch's runtime and its own kernels, no torch "
+                   "(what an app runs; needs g++), 'python' uses TextLLMRunner through the Python bindings (same "
+                   "kernels, torch in the process), 'auto' is native when a compiler is found; "
+                   "'native-own-kernels' is an experiment: the native runner with llama-mobile's own LLM op "
+                   "kernels, which no app runs")
 @click.option("--json", "as_json", is_flag=True)
 def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, plot, quality, peer_types,
           imatrix, texts, positions, quality_only, peer_dir, runtime, as_json):
@@ -55,7 +59,7 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --json
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --vs-llama-cpp --quality --plot bench.png
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --runtime python
-      llama-mobile peer build     # once: llama.cpp's quantizer, imatrix and library
+      llama-mobile peer build     # once: llama.cpp's llama-bench, quantizer, imatrix and library
       llama-mobile bench BUNDLE --quality-only --peer-types Q4_0,IQ4_XS+imatrix,Q4_K_M --text heldout.txt
     Run it on an idle machine: llama.cpp's threads collapse when another process shares a core.
     """
@@ -63,10 +67,9 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
     import tempfile
 
     from llama_mobile.core.bundle import verify_bundle
+    from llama_mobile.core.errors import UsageError
     from llama_mobile.core.progress import Progress
     from llama_mobile.jobs.bench_job import STAGES, BenchRequest, run_bench
-
-    from llama_mobile.core.errors import UsageError
     from llama_mobile.runtime_harness.gguf_peer import parse_peer_types
 
     lengths = tuple(prompt_lengths)
@@ -78,6 +81,10 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
         raise UsageError("--quality-only measures no speed", fix="drop --vs-llama-cpp/--plot, or --quality-only")
     if quality_only and gguf is not None:
         vs_llama_cpp = False  # the given file joins the quality table only
+    if (vs_llama_cpp or gguf is not None) and not quality_only:
+        from llama_mobile.runtime_harness.llama_cpp_build import bench_tool
+
+        bench_tool()  # the peer is timed by llama-bench: say so before converting any weights
     if vs_llama_cpp and gguf is None:
         from llama_mobile.runtime_harness.gguf_peer import peer_for_bundle
 
@@ -110,19 +117,33 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
         click.echo(f"plot: {report.plot}")
 
 
+def side_lines(report) -> list[str]:
+    """Which runtime and kernels produced each side's figures, and how they were timed and measured."""
+    lines = []
+    for side in report.sides:
+        setup = report.setup.get(side, {})
+        lines.append(f"{side}: {setup.get('runtime', report.runtime)}")
+        for key in ("kernels", "timing", "memory"):
+            if setup.get(key):
+                lines.append(f"  {key}: {setup[key]}")
+    return lines
+
+
 def print_speeds(report) -> None:
     from llama_mobile.jobs.bench_job import FIGURES
 
-    click.echo(f"our side ran in the {report.runtime} runtime")
+    for line in side_lines(report):
+        click.echo(line)
     click.echo(f"{'prompt':>6s} {'figure':>14s}" + "".join(f"{s:>22s}" for s in report.sides)
                + ("        ratio" if report.ratios else ""))
     for length in report.figures[OURS]:
         for figure in FIGURES:
             cells = []
             for side in report.sides:
-                f = report.figures[side][length][figure]
+                f = report.figures[side].get(length, {}).get(figure)
                 scale = 2**20 if figure.endswith("rss_bytes") else 1
-                cells.append(f"{f['median'] / scale:9.1f} [{f['min'] / scale:.0f}-{f['max'] / scale:.0f}]")
+                cells.append(f"{f['median'] / scale:9.1f} [{f['min'] / scale:.0f}-{f['max'] / scale:.0f}]"
+                             if f else "-")
             ratio = (report.ratios or {}).get(length, {}).get(figure)
             label = {"peak_rss_bytes": "peak RSS MiB", "model_rss_bytes": "model RSS MiB"}.get(figure, figure)
             click.echo(f"{length:>6s} {label:>14s}"

@@ -7,9 +7,31 @@ from pathlib import Path
 import click
 
 from llama_mobile.cli.common import FilePath, PlainName, PresetOrFolder, Text, quiet_libraries, say
+from llama_mobile.core.manifest import AttentionSink
 from llama_mobile.core.presets import DEFAULT_MODEL, GENERIC_MODEL, MODEL_PRESETS
 from llama_mobile.core.targets import DEFAULT_TARGET, TARGETS
-from llama_mobile.quantize.recipe import DEFAULT_RECIPE
+from llama_mobile.quantize.recipe import DEFAULT_RECIPE, KV_CACHES
+
+
+class SinkWindow(click.ParamType):
+    """SINK,WINDOW: two integers, SINK >= 1, WINDOW >= 16 (the cache is SINK + 2 x WINDOW)."""
+
+    name = "sink,window"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).split(",")
+        try:
+            sink, window = (int(part.strip()) for part in parts) if len(parts) == 2 else (None, None)
+        except ValueError:
+            sink = window = None
+        if sink is None:
+            self.fail(f"{value!r} is not SINK,WINDOW (two integers, e.g. 4,508)", param, ctx)
+        problems = AttentionSink(sink, window).problems()
+        if problems:
+            self.fail(problems[0], param, ctx)
+        return sink, window
 
 
 @click.command()
@@ -44,9 +66,16 @@ from llama_mobile.quantize.recipe import DEFAULT_RECIPE
 @click.option("--requantize", is_flag=True,
               help="dequantize a GGUF's Q4_0/Q8_0 weights and quantize them again with the recipe "
                    "(default: kept exactly as they are)")
+@click.option("--kv-cache", type=click.Choice(KV_CACHES), default=None,
+              help="KV cache: int8 is ExecuTorch's quantized cache and SDPA, a quarter of fp32's memory "
+                   "(XNNPACK targets) [default: the recipe's, fp32]")
+@click.option("--attention-sink", "attention_sink", type=SinkWindow(), default=None,
+              help="SINK,WINDOW: a ring KV cache of SINK + 2 x WINDOW positions that keeps the first SINK tokens "
+                   "and attends to them plus the last WINDOW, so a conversation never reaches the end of the "
+                   "context (custom-kernel targets, fp32 cache); e.g. 4,508 (a cache of 1020). Sets the context")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 def export(model, checkpoint, recipe, target, device, output_dir, context, name, no_validate, task,
-           skip_memory_check, formats, single_file, calibration, requantize, as_json):
+           skip_memory_check, formats, single_file, calibration, requantize, kv_cache, attention_sink, as_json):
     """Load, quantize and lower a model, and write a verified bundle.
 
     \b
@@ -56,6 +85,8 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
       llama-mobile export --model llama3.2-1b --checkpoint ~/hf/Llama-3.2-1B-Instruct --recipe fp32
       llama-mobile export --model llama3.2-3b --checkpoint CKPT --device snapdragon-7-gen-3
       llama-mobile export --model llama3.2-1b --checkpoint CKPT --target coreml-ios18 --recipe coreml-int4 --format mlpackage
+      llama-mobile export --model llama3.2-1b --checkpoint CKPT --context 8192 --kv-cache int8
+      llama-mobile export --attention-sink 4,508
     """
     quiet_libraries()
     from llama_mobile.core.progress import Progress
@@ -77,11 +108,12 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
                             or (chosen.recipe if chosen else DEFAULT_RECIPE),
                             target=target or (chosen.target if chosen else DEFAULT_TARGET),
                             output_dir=output_dir,
-                            context=context if context is not None else (chosen.context if chosen else None),
+                            context=context if context is not None or attention_sink else (
+                                chosen.context if chosen else None),
                             validate=not no_validate, name=name, task=task, device=device,
                             memory_check=not skip_memory_check, formats=tuple(formats),
                             single_file=single_file, calibration=calibration, requantize=requantize,
-                            recipe_explicit=recipe is not None)
+                            recipe_explicit=recipe is not None, kv_cache=kv_cache, attention_sink=attention_sink)
     result = run_export(request, Progress(STAGES, emit=say))
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle), "size_bytes": result.size_bytes,

@@ -11,6 +11,7 @@ from llama_mobile.cli.info import devices, models, plan, recipes, targets, verif
 from llama_mobile.cli.peer import peer
 from llama_mobile.cli.prune import prune
 from llama_mobile.cli.run import generate, guard
+from llama_mobile.cli.serve import serve
 from llama_mobile.cli.validate import validate
 
 
@@ -28,7 +29,7 @@ def main():
 
 
 for command in (export, generate, chat, validate, verify, guard, bench, models, recipes, devices, plan, targets, prune,
-                peer):
+                peer, serve):
     main.add_command(command)
 
 if __name__ == "__main__":

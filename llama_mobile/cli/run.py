@@ -52,7 +52,9 @@ def generate(bundle, prompt, messages_file, tools_file, max_new_tokens, temperat
     if n_prompt >= context:
         raise RuntimeFailure(f"the prompt is {n_prompt} tokens but the bundle's context is {context}",
                              path=bundle, fix="shorten the prompt or re-export with a larger --context")
-    max_new_tokens = min(max_new_tokens, context - n_prompt)
+    # An attention-sink program runs past its cache; the runner then bounds one call's new tokens by the cache.
+    sliding = verified.manifest.runtime.attention_sink is not None
+    max_new_tokens = min(max_new_tokens, context if sliding else context - n_prompt)
     runner = Runner.of(verified)
     stream = None if as_json else (lambda piece: click.echo(piece, nl=False))
     result = runner.generate(text, max_new_tokens=max_new_tokens, temperature=temperature, on_text=stream,

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from llama_mobile.core.errors import BundleError
 from llama_mobile.core.hashing import sha256_file
@@ -62,6 +62,41 @@ class TargetInfo:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AttentionSink:
+    """runtime.attention_sink (``export --attention-sink SINK,WINDOW``): the program keeps the first
+    ``sink_size`` positions and a ring of 2 x ``window_size`` after them, and attends to the sinks plus the
+    last ``window_size`` positions. It takes any position: the conversation has no end of context, and
+    runners skip the drop-oldest context policy. Bundles without it have a hard end at context_length."""
+    sink_size: int
+    window_size: int
+
+    MIN_WINDOW: ClassVar[int] = 16
+
+    @property
+    def cache_size(self) -> int:
+        return self.sink_size + 2 * self.window_size
+
+    @property
+    def exact_positions(self) -> int:
+        """Positions up to which the window is full attention over everything (sinks + window)."""
+        return self.sink_size + self.window_size
+
+    def problems(self) -> list[str]:
+        found = []
+        for name in ("sink_size", "window_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                found.append(f"{name} {value!r} is not an integer")
+        if found:
+            return found
+        if self.sink_size < 1:
+            found.append(f"the sink must be at least 1 token, not {self.sink_size}")
+        if self.window_size < self.MIN_WINDOW:
+            found.append(f"the window must be at least {self.MIN_WINDOW} tokens, not {self.window_size}")
+        return found
+
+
 @dataclass
 class RuntimeInfo:
     program: str
@@ -76,6 +111,7 @@ class RuntimeInfo:
     ops_outside_delegates: dict[str, int] = field(default_factory=dict)
     ops_in_delegates: int = 0
     delegated_share: float = 0.0
+    attention_sink: AttentionSink | None = None  # written only when the program has one
 
 
 @dataclass
@@ -122,6 +158,8 @@ class Manifest:
     def to_dict(self) -> dict:
         runtime = dataclasses.asdict(self.runtime)
         runtime.update(runtime.pop("extras"))
+        if runtime["attention_sink"] is None:  # bundles without one are written as before
+            del runtime["attention_sink"]
         data = {
             "format": BUNDLE_FORMAT,
             "schema_version": self.schema_version,
@@ -184,7 +222,9 @@ def _runtime(data: dict) -> RuntimeInfo:
     """Object-valued keys the runtime section does not name are a backend's records."""
     names = {f.name for f in dataclasses.fields(RuntimeInfo)}
     extras = {key: value for key, value in data.items() if key not in names and isinstance(value, dict)}
-    return dataclasses.replace(_build(RuntimeInfo, data), extras=extras)
+    sink = data.get("attention_sink")
+    return dataclasses.replace(_build(RuntimeInfo, data), extras=extras,
+                               attention_sink=_build(AttentionSink, sink) if sink is not None else None)
 
 
 def _build(kind, data: dict):

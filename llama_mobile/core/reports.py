@@ -135,7 +135,10 @@ class BenchQuality:
 @dataclass
 class BenchReport:
     bundle: str
-    runtime: str  # our side: "native" (ExecuTorch's runtime in a C++ runner) or "python" (TextLLMRunner)
+    # our side: "native" (ExecuTorch's C++ runtime and its own kernels in a runner without torch),
+    # "native-own-kernels" (the same runner with llama-mobile's experimental LLM op kernels), "python"
+    # (TextLLMRunner through the Python bindings), or "none" (--quality-only)
+    runtime: str
     threads: int
     runs: int
     warmup: int
@@ -146,6 +149,8 @@ class BenchReport:
     ratios: dict[str, dict[str, float]] | None = None  # ours / peer, per prompt length and figure
     quality: BenchQuality | None = None
     plot: str | None = None
+    # side -> what produced its figures: "runtime", "kernels", "timing", "memory" (one line each)
+    setup: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def sides(self) -> list[str]:

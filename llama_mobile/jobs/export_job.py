@@ -16,7 +16,15 @@ from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.atomic import bundle_folder, check_writable, staged_directory
 from llama_mobile.core.devices import get_device
 from llama_mobile.core.errors import ConfigError, ParityFailure, UsageError
-from llama_mobile.core.manifest import Manifest, ModelInfo, RuntimeInfo, TargetInfo, TokenizerInfo, Tool
+from llama_mobile.core.manifest import (
+    AttentionSink,
+    Manifest,
+    ModelInfo,
+    RuntimeInfo,
+    TargetInfo,
+    TokenizerInfo,
+    Tool,
+)
 from llama_mobile.core.memory import peak_rss_bytes
 from llama_mobile.core.presets import GENERIC_MODEL, ModelPreset, get_model_preset
 from llama_mobile.core.progress import Progress
@@ -90,6 +98,14 @@ class ExportRequest:
     # Whether `recipe` was asked for (False: the CLI's default). An asked-for recipe other than
     # "as-published" on a checkpoint whose quantization is kept is refused (it would requantize).
     recipe_explicit: bool = True
+    kv_cache: str | None = None  # "fp32" or "int8" instead of the recipe's kv_cache
+    # (sink_size, window): a ring KV cache with attention sinks (export/model.py CachePositionsWithSink) of
+    # sink + 2 x window positions, which the program runs past; the context is then that cache.
+    attention_sink: tuple[int, int] | None = None
+
+    @property
+    def sink(self) -> AttentionSink | None:
+        return AttentionSink(*self.attention_sink) if self.attention_sink is not None else None
 
 
 @dataclass
@@ -111,7 +127,8 @@ def check_request(request: ExportRequest):
     preset = None if request.model == GENERIC_MODEL else get_model_preset(request.model)
     if preset is None and request.checkpoint is None:
         raise UsageError("--model llama needs --checkpoint", fix="pass --checkpoint PATH")
-    recipe = placeholder_recipe() if request.recipe == AS_PUBLISHED else load_recipe(request.recipe)
+    recipe = with_kv_cache(placeholder_recipe() if request.recipe == AS_PUBLISHED else load_recipe(request.recipe),
+                           request)
     target = get_target(request.target)
 
     target = bind_device(target, request.device)  # an NPU target takes its SoC from the device preset
@@ -131,6 +148,14 @@ def check_request(request: ExportRequest):
         raise UsageError(f"target {target.name} cannot run {', '.join(unsupported)} as delegated kernels",
                          fix=f"use schemes {', '.join(target.linear_schemes)} for {target.name}"
                              + _other_targets_hint(recipe, target))
+    if recipe.kv_cache == "int8" and backend.model_options.get("attention_kernel", "custom") != "custom":
+        raise UsageError(f"target {target.name} runs standard attention ops; an int8 KV cache needs ExecuTorch's "
+                         "custom quantized SDPA", fix="use --target xnnpack, or drop kv_cache = \"int8\"")
+    if request.attention_sink is not None:
+        check_attention_sink(request, recipe, target, backend)
+    if recipe.kv_cache == "int8" and recipe.dtype != "fp32":
+        raise UsageError(f"an int8 KV cache is attended in float32; recipe {recipe.name!r} computes in {recipe.dtype}",
+                         fix="use an fp32 recipe with --kv-cache int8")
     dtypes = target.options.dtypes
     if recipe.dtype not in dtypes:
         raise UsageError(f"target {target.name} computes in {'/'.join(dtypes)}, recipe {recipe.name!r} in "
@@ -153,6 +178,29 @@ def check_request(request: ExportRequest):
     if request.name is not None:  # now, not after the lowering; a default name is known once loaded
         bundle_folder(request.output_dir, request.name, {"checkpoint": request.checkpoint})
     return preset, recipe, target
+
+
+def check_attention_sink(request: ExportRequest, recipe: Recipe, target: Target, backend: Backend) -> None:
+    sink = request.sink
+    problems = sink.problems()
+    if problems:
+        raise UsageError(f"--attention-sink {sink.sink_size},{sink.window_size}: {problems[0]}",
+                         fix=f"give SINK,WINDOW with SINK >= 1 and WINDOW >= {AttentionSink.MIN_WINDOW}, e.g. 4,508")
+    if backend.model_options.get("attention_kernel", "custom") != "custom":
+        raise UsageError(f"target {target.name} runs standard attention ops; an attention sink needs ExecuTorch's "
+                         "custom SDPA with a mask", fix="use --target xnnpack")
+    if recipe.kv_cache == "int8" or recipe.dtype != "fp32":
+        raise UsageError(f"an attention sink needs a float32 KV cache and graph; recipe {recipe.name!r} has "
+                         f"{recipe.kv_cache} cache, {recipe.dtype}", fix="drop --kv-cache int8, or use an fp32 recipe")
+    if request.context is not None and request.context != sink.cache_size:
+        raise UsageError(f"--context {request.context} and --attention-sink {sink.sink_size},{sink.window_size} "
+                         f"disagree: the sink's cache is {sink.cache_size} positions (sink + 2 x window)",
+                         fix="drop --context")
+
+
+def with_kv_cache(recipe: Recipe, request: ExportRequest) -> Recipe:
+    """The recipe with ``export --kv-cache`` applied (the manifest then records what the program has)."""
+    return recipe if request.kv_cache is None else dataclasses.replace(recipe, kv_cache=request.kv_cache)
 
 
 def _other_targets_hint(recipe, target) -> str:
@@ -221,7 +269,10 @@ class ExportJob(Job):
             built = self.build(checked, loaded)
         with progress.stage("lower", checked.target.name):
             lowered = self.lower(checked, loaded, built)
-        name = self.request.name or bundle_name(loaded.model.preset, recipe.name, checked.target.name)
+        kv = "-kv8" if recipe.kv_cache == "int8" else ""
+        sink = self.request.sink
+        kv += f"-sink{sink.sink_size}w{sink.window_size}" if sink else ""
+        name = self.request.name or bundle_name(loaded.model.preset, recipe.name + kv, checked.target.name)
         final = bundle_folder(self.request.output_dir, name, {"checkpoint": self.request.checkpoint})
         with progress.stage("bundle", str(final)):
             manifest = self.bundle(checked, loaded, built, lowered, final)
@@ -233,7 +284,7 @@ class ExportJob(Job):
         request = self.request
         preset, recipe, target = check_request(request)
         if request.memory_check and preset is not None:
-            self._preflight(preset.architecture, recipe, request.context or preset.default_context)
+            self._preflight(preset.architecture, recipe, _asked_context(request) or preset.default_context)
         return Checked(preset, recipe, target, get_backend(target))
 
     def _preflight(self, arch: Architecture, recipe: Recipe, context: int) -> None:
@@ -244,18 +295,24 @@ class ExportJob(Job):
         request, preset, recipe = self.request, checked.preset, checked.recipe
         priced = request.memory_check and preset is None  # a generic checkpoint: priced from its config, before its weights
         model = load_checkpoint(request.model, request.checkpoint, preflight=(lambda arch: self._preflight(
-            arch, recipe, request.context if request.context is not None else 1024)) if priced else None)
+            arch, recipe, _asked_context(request) or 1024)) if priced else None)
         if request.task:
             model.task = request.task
-        checked.recipe = recipe = self._kept_quantization(checked, model)
+        checked.recipe = recipe = with_kv_cache(self._kept_quantization(checked, model), request)
         arch = model.architecture
         check_recipe_fits(recipe, linear_widths(arch), arch.dim)
         tokenizer = Tokenizer(model.tokenizer_path)
         check_vocab(tokenizer, arch.vocab_size)
-        context = request.context if request.context is not None else (preset.default_context if preset else 1024)
+        context = _asked_context(request) or (preset.default_context if preset else 1024)
+        if request.sink is not None and context > arch.max_position:
+            raise UsageError(f"--attention-sink's cache of {context} positions is past the model's {arch.max_position}",
+                             fix="choose a smaller window")
         if not 2 <= context <= arch.max_position:
             raise UsageError(f"--context {context} is outside 2..{arch.max_position}", fix="choose a smaller --context")
         fitted = device_plan(request, arch, recipe, context)
+        if fitted is not None and request.sink is not None and fitted.context < context:
+            raise UsageError(f"{request.device} holds a cache of {fitted.context} positions, not the sink's {context}",
+                             fix="choose a smaller window")
         if fitted is not None:
             context = fitted.context
             for note in fitted.notes:
@@ -308,7 +365,8 @@ class ExportJob(Job):
         options = dict(checked.backend.model_options)
         if recipe.dtype == "fp16":  # x^2 of the residual stream's outliers overflows fp16 (SmolLM2: |x|~25000)
             options["rms_norm"] = "l2"
-        token_ids = eval_token_ids(loaded.tokenizer, min(request.positions, loaded.context),
+        gated = loaded.context if request.sink is None else request.sink.exact_positions  # full attention there
+        token_ids = eval_token_ids(loaded.tokenizer, min(request.positions, gated),
                                    bos_id=loaded.model.specials.bos_id)
         if recipe.pt2e is not None:  # the backend's quantizer, calibrated on the evaluation tokens
             model = build_model(arch, loaded.context, loaded.model.state_dict, **options)
@@ -339,6 +397,10 @@ class ExportJob(Job):
                 calibration_record["calibrated_layers"] = len(quantizer.calibrated)
         if checked.backend.casts_model_dtype and recipe.dtype != "fp32":
             model = model.to(TORCH_DTYPES[recipe.dtype])
+        if recipe.kv_cache == "int8":  # after the float reference: parity then includes what it costs
+            model.use_int8_kv_cache()
+        if request.sink is not None:  # likewise; over the gate's positions it is full attention
+            model.use_attention_sink(request.sink.sink_size, request.sink.window_size)
         return Built(model, token_ids, reference, torchao_configs, pt2e_record,
                      calibration_record if recipe.pt2e is None else {})
 
@@ -363,7 +425,7 @@ class ExportJob(Job):
 
     def lower(self, checked: Checked, loaded: Loaded, built: Built) -> LoweredProgram:
         request, arch, target = self.request, loaded.arch, checked.target
-        max_seq_len = min(loaded.context, 256)
+        max_seq_len = min(loaded.context, 256, *((request.sink.window_size,) if request.sink else ()))
         metadata = runner_metadata(bos_id=loaded.model.specials.bos_id, eos_ids=loaded.model.specials.eos_ids,
                                    context_len=loaded.context, max_seq_len=max_seq_len,
                                    vocab_size=arch.vocab_size, n_layers=arch.n_layers)
@@ -444,7 +506,8 @@ class ExportJob(Job):
                 tokens_per_call={"min": 1, "max": max_seq_len if metadata["enable_dynamic_shape"] else 1},
                 extras={extras.key: extras.record} if extras is not None else {},
                 ops_outside_delegates=lowered.portable_ops, ops_in_delegates=lowered.delegated_ops,
-                delegated_share=round(lowered.delegated_ops / max(1, lowered.delegated_ops + outside), 4)),
+                delegated_share=round(lowered.delegated_ops / max(1, lowered.delegated_ops + outside), 4),
+                attention_sink=request.sink),
             tokenizer=TokenizerInfo(file=tokenizer_file.name, kind=tokenizer_kind(tokenizer_file)),
             special_tokens=model.specials,
             prompt_template=model.chat_template,
@@ -456,6 +519,11 @@ class ExportJob(Job):
             device={**get_device(request.device).to_dict(), "plan": loaded.fitted.to_dict()}
             if request.device else None,
         )
+
+
+def _asked_context(request: ExportRequest) -> int | None:
+    """--context, or the attention sink's cache (sink + 2 x window), which is the program's context."""
+    return request.sink.cache_size if request.sink is not None else request.context
 
 
 def rotation_for(recipe: Recipe, arch: Architecture) -> Rotation | None:

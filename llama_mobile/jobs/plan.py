@@ -25,7 +25,9 @@ ROW_SCALE_BYTES = 4  # fp32
 FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Delegate graphs, flatbuffer and alignment: 385 KB over 30 layers in the SmolLM2 8da4w build (estimate).
 PROGRAM_BYTES_PER_LAYER = 13_000
-KV_BYTES = 4  # the exported KV cache is fp32
+KV_BYTES = 4  # the exported KV cache is fp32 ...
+# ... or int8 with a float32 scale and an int8 zero point per position and KV head (recipe kv_cache = "int8")
+KV_INT8_ROW_EXTRA = 5
 PREFILL_CHUNK = 256  # max_seq_len the exporter uses: the runner prefills at most this many tokens per call
 SDPA_KV_BLOCK = 512  # custom_sdpa scores one block of keys at a time (estimate of its scratch)
 RAM_SHARE = 0.4  # an app may use this much of the device's RAM; the OS and other apps keep the rest
@@ -160,8 +162,9 @@ def _describe(quant: LayerQuant) -> str:
     return f"{quant.scheme}/g{quant.group_size}" if quant.group_size else f"{quant.scheme}/per-channel"
 
 
-def kv_cache_bytes(arch: Architecture, context: int) -> int:
-    return 2 * arch.n_layers * context * arch.n_kv_heads * arch.head_dim * KV_BYTES
+def kv_cache_bytes(arch: Architecture, context: int, kv_cache: str = "fp32") -> int:
+    row = arch.head_dim + KV_INT8_ROW_EXTRA if kv_cache == "int8" else arch.head_dim * KV_BYTES
+    return 2 * arch.n_layers * context * arch.n_kv_heads * row
 
 
 def activation_bytes(arch: Architecture, context: int) -> int:
@@ -179,7 +182,7 @@ def activation_bytes(arch: Architecture, context: int) -> int:
 def predict_memory(arch: Architecture, recipe: Recipe, context: int,
                    size: SizePrediction | None = None) -> MemoryPrediction:
     size = size or predict_size(arch, recipe, context)
-    return MemoryPrediction(weights=size.total, kv_cache=kv_cache_bytes(arch, context),
+    return MemoryPrediction(weights=size.total, kv_cache=kv_cache_bytes(arch, context, recipe.kv_cache),
                             activations=activation_bytes(arch, context))
 
 
@@ -188,7 +191,7 @@ def device_fit(arch: Architecture, size: SizePrediction, memory: MemoryPredictio
     ram = device.ram_gb * 2**30  # phone RAM is sold in binary gigabytes
     # A decoded token reads every linear weight once but only one row of the embedding table.
     embedding = size.of("embedding")
-    per_token = size.total - embedding + embedding // arch.vocab_size + kv_cache_bytes(arch, context)
+    per_token = size.total - embedding + embedding // arch.vocab_size + memory.kv_cache
     return DeviceFit(
         device=device.name, ram_bytes=ram, budget_bytes=int(ram * RAM_SHARE),
         fits=memory.total <= ram * RAM_SHARE, bandwidth_gbs=device.bandwidth_gbs, bytes_per_token=per_token,

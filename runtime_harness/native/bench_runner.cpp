@@ -3,14 +3,17 @@
 // with llama.cpp's.
 //
 //   bench_runner PROGRAM.pte [--data WEIGHTS.ptd] --tokens TOKEN_FILE --new-tokens N --threads T
-//                [--logits LOGITS_FILE]
+//                [--warmup W] [--logits LOGITS_FILE]
 //
 // TOKEN_FILE holds the prompt's token ids, whitespace-separated (tokenizing is the caller's job, so
-// the tokenizer stays out of the timings). Prints one JSON object on stdout. --logits writes the
-// last-position logits of every step as float32, for parity tests against the Python runtime.
+// the tokenizer stays out of the timings). --warmup runs W untimed generations of the same prompt
+// (prefill and one decode step) first, as llama-bench does before it times. Prints one JSON object on
+// stdout. --logits writes the last-position logits of every timed step as float32, for parity tests
+// against the Python runtime.
 //
 // The two LLM ops the program calls outside its delegates (llama::update_cache, llama::custom_sdpa)
-// are implemented in llm_ops.cpp: ExecuTorch ships them only inside a library linked with libtorch.
+// are linked in by native_runner.py: ExecuTorch's own kernels built from its sources
+// (executorch_src/), or, as an experiment, llm_ops.cpp.
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -25,6 +28,9 @@
 #include <string>
 #include <vector>
 
+#if __has_include(<executorch/extension/threadpool/threadpool.h>)
+#include <executorch/extension/threadpool/threadpool.h>  // with ExecuTorch's kernel sources
+#else
 namespace executorch::extension::threadpool {
 // The wheel ships the thread pool library but not this header; these are its exported symbols.
 class ThreadPool {
@@ -34,6 +40,7 @@ class ThreadPool {
 };
 ThreadPool* get_threadpool();
 }  // namespace executorch::extension::threadpool
+#endif
 
 using executorch::aten::ScalarType;
 using executorch::extension::Module;
@@ -72,6 +79,7 @@ struct Options {
   std::string logits;
   int new_tokens = 64;
   int threads = 0;
+  int warmup = 0;
 };
 
 Options parse(int argc, char** argv) {
@@ -87,6 +95,7 @@ Options parse(int argc, char** argv) {
     else if (arg == "--logits") options.logits = value();
     else if (arg == "--new-tokens") options.new_tokens = std::stoi(value());
     else if (arg == "--threads") options.threads = std::stoi(value());
+    else if (arg == "--warmup") options.warmup = std::stoi(value());
     else if (options.program.empty()) options.program = arg;
     else fail("unexpected argument " + arg);
   }
@@ -114,10 +123,13 @@ int64_t constant(Module& module, const char* method) {
 
 class Decoder {
  public:
-  Decoder(Module& module, const std::string& logits_path) : module_(module) {
-    if (!logits_path.empty()) {
-      logits_out_.open(logits_path, std::ios::binary);
-      if (!logits_out_) fail("cannot write " + logits_path);
+  Decoder(Module& module, const std::string& logits_path) : module_(module), logits_path_(logits_path) {}
+
+  // Logits are written from here on (not during warm-up).
+  void record() {
+    if (!logits_path_.empty()) {
+      logits_out_.open(logits_path_, std::ios::binary);
+      if (!logits_out_) fail("cannot write " + logits_path_);
     }
   }
 
@@ -143,8 +155,22 @@ class Decoder {
 
  private:
   Module& module_;
+  std::string logits_path_;
   std::ofstream logits_out_;
 };
+
+// Prefills `prompt` from position 0 in chunks of at most max_seq_len (as TextLLMRunner's prefiller
+// does); returns the first generated token, and the next position in `pos`.
+int64_t prefill(Decoder& decoder, std::vector<int64_t>& prompt, int64_t max_seq_len, int64_t& pos) {
+  int64_t next = 0;
+  pos = 0;
+  for (size_t begin = 0; begin < prompt.size(); begin += max_seq_len) {
+    size_t end = std::min(prompt.size(), begin + static_cast<size_t>(max_seq_len));
+    next = decoder.step(prompt, begin, end, pos);
+    pos += end - begin;
+  }
+  return next;
+}
 
 }  // namespace
 
@@ -170,15 +196,16 @@ int main(int argc, char** argv) {
   }
 
   Decoder decoder(module, options.logits);
-  auto started = Clock::now();
   int64_t pos = 0;
-  int64_t next = 0;
-  // Prompts longer than the program's max_seq_len go in chunks, as TextLLMRunner's prefiller does.
-  for (size_t begin = 0; begin < prompt.size(); begin += max_seq_len) {
-    size_t end = std::min(prompt.size(), begin + static_cast<size_t>(max_seq_len));
-    next = decoder.step(prompt, begin, end, pos);
-    pos += end - begin;
+  // Warm-up generations start again at position 0: the timed run overwrites the cache entries they
+  // wrote, and attention reads no entry past the current position.
+  for (int w = 0; w < options.warmup; ++w) {
+    std::vector<int64_t> one{prefill(decoder, prompt, max_seq_len, pos)};
+    decoder.step(one, 0, 1, pos);
   }
+  decoder.record();
+  auto started = Clock::now();
+  int64_t next = prefill(decoder, prompt, max_seq_len, pos);
   const double ttft_ms = ms_since(started);
 
   std::vector<int64_t> generated{next};
@@ -192,10 +219,10 @@ int main(int argc, char** argv) {
   const int decoded = options.new_tokens - 1;
 
   std::printf("{\"prompt_tokens\": %zu, \"generated_tokens\": %zu, \"ttft_ms\": %.3f, "
-              "\"prefill_tps\": %.3f, \"decode_tps\": %.3f, \"load_ms\": %.1f, "
+              "\"prefill_tps\": %.3f, \"decode_tps\": %.3f, \"load_ms\": %.1f, \"warmup\": %d, "
               "\"peak_rss_bytes\": %ld, \"model_rss_bytes\": %ld, \"tokens\": [",
               prompt.size(), generated.size(), ttft_ms, prompt.size() * 1000.0 / ttft_ms,
-              decoded > 0 ? decoded * 1000.0 / decode_ms : 0.0, load_ms,
+              decoded > 0 ? decoded * 1000.0 / decode_ms : 0.0, load_ms, options.warmup,
               status_kib("VmHWM") * 1024, (status_kib("VmHWM") - baseline_kib) * 1024);
   for (size_t i = 0; i < generated.size(); ++i) {
     std::printf(i ? ", %lld" : "%lld", static_cast<long long>(generated[i]));

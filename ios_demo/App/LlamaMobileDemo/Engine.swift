@@ -40,15 +40,17 @@ final class Engine: ObservableObject {
         }
     }
 
-    /// Streams tokens of the reply to an already formatted prompt; `done` gets the app-side clock.
-    func generate(_ prompt: String, maxTokens: Int, onToken: @escaping (String) -> Void,
+    /// Streams tokens of the reply to an already formatted prompt; `done` gets the app-side clock. With
+    /// `resetFirst` false the runner continues from its position: `prompt` is only the new part of a conversation
+    /// (ChatSession), as Engine.kt does with LlmModule.
+    func generate(_ prompt: String, maxTokens: Int, resetFirst: Bool = true, onToken: @escaping (String) -> Void,
                   done: @escaping (Error?, TokenClock) -> Void) {
         guard let runner = runner, let bundle = bundle else { return }
         let clock = TokenClock()
         // sequenceLength counts prompt and new tokens; characters >= tokens, so maxTokens remain for the reply.
         let length = min(bundle.manifest.runtime.contextLength, prompt.unicodeScalars.count + maxTokens)
         queue.async {
-            runner.reset()
+            if resetFirst { runner.reset() }
             clock.start()
             var failure: Error?
             do {

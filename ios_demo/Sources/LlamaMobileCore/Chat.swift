@@ -42,7 +42,7 @@ public struct ContextOverflowError: Error, Equatable {
     public let message: String
 }
 
-/// The context policy without an attention-sink export, as fit_history in runtime_harness/chat.py and
+/// The context policy (bundles without runtime.attention_sink), as fit_history in runtime_harness/chat.py and
 /// ContextPolicy.kt (tests/vectors/chat_context.json): drop the oldest messages until the rendered conversation
 /// fits `budget` tokens, keeping a leading system message; the kept rest starts at a user message (or is the last
 /// message alone). Returns how many messages after the system one are dropped; the app then resets the runner and
@@ -99,12 +99,16 @@ public final class ChatSession {
         messages.append(ChatMessage(role: role, content: content))
     }
 
-    public func nextPrompt(cachedTokens: Int, context: Int, count: (String) -> Int, reserve: Int = 64) throws -> Prompt {
+    /// `slidingWindow`: the bundle has an attention sink (`Manifest.Runtime.attentionSink`): the runner recycles its
+    /// ring, so the held tokens count as none and the conversation goes on past the context without dropping anything;
+    /// only a rebuild that does not fit on its own falls back to the policy (as ChatSession.kt and chat.py).
+    public func nextPrompt(cachedTokens: Int, context: Int, count: (String) -> Int, reserve: Int = 64,
+                           slidingWindow: Bool = false) throws -> Prompt {
         var rendered = try template.render(ToolCalling.renderMessages(window))
         var reset = stale || cachedText.isEmpty || !rendered.unicodeScalars.starts(with: cachedText.unicodeScalars)
         var delta = reset ? rendered : String(String.UnicodeScalarView(rendered.unicodeScalars.dropFirst(cachedText.unicodeScalars.count)))
         let room = max(1, min(reserve, context / 4))
-        if (reset ? 0 : cachedTokens) + count(delta) + room > context {
+        if (reset || slidingWindow ? 0 : cachedTokens) + count(delta) + room > context {
             let drop = try ContextPolicy.fit(template, window, count: count, budget: context - room)
             if drop > 0 {
                 first = max(first, messages.first?.role == "system" ? 1 : 0) + drop

@@ -19,14 +19,24 @@ public struct Manifest: Decodable {
                            "special_tokens", "prompt_template", "files"]
 
     public struct Model: Decodable { public let preset: String; public let task: String }
+    /// runtime.attention_sink (export --attention-sink SINK,WINDOW): the program keeps the first `sinkSize` positions
+    /// and a ring of 2 x `windowSize` after them, and takes any position: a conversation has no end of context
+    /// (`ChatSession.nextPrompt(..., slidingWindow: true)`). Absent in other bundles.
+    public struct AttentionSink: Decodable, Equatable {
+        public let sinkSize: Int
+        public let windowSize: Int
+        enum CodingKeys: String, CodingKey { case sinkSize = "sink_size", windowSize = "window_size" }
+    }
     public struct Runtime: Decodable {
         public let program: String
         /// ExecuTorch external weights file (model.ptd) beside the program; nil when absent or null.
         public let weights: String?
         public let contextLength: Int
         public let maxSeqLen: Int
+        public let attentionSink: AttentionSink?
         enum CodingKeys: String, CodingKey {
             case program, weights, contextLength = "context_length", maxSeqLen = "max_seq_len"
+            case attentionSink = "attention_sink"
         }
     }
     public struct Tokenizer: Decodable { public let file: String; public let kind: String }

@@ -47,6 +47,23 @@ final class ChatToolVectorTests: XCTestCase {
         }
     }
 
+    func testAnAttentionSinkBundleGoesPastTheContextWithoutDropping() throws {
+        let session = try ChatSession(template: ChatTemplate.llama3, system: "S")
+        let count = { (s: String) in s.unicodeScalars.count }
+        var held = 0
+        for i in 0..<20 {
+            try session.add(role: "user", content: "message number \(i) with some words")
+            let prompt = try session.nextPrompt(cachedTokens: held, context: 600, count: count, reserve: 32,
+                                                slidingWindow: true)
+            XCTAssertEqual(prompt.resetFirst, i == 0)
+            held += count(prompt.text) + count("answer \(i)")
+            session.replied("answer \(i)", stopped: true)
+        }
+        XCTAssertGreaterThan(held, 2 * 600)
+        XCTAssertEqual(session.dropped, 0)
+        XCTAssertEqual(session.window.count, 41)
+    }
+
     func testToolPromptVectors() throws {
         let vectors = try read("tool_prompts.json")
         XCTAssertEqual(str(vectors["instructions"]), ToolCalling.instructions)

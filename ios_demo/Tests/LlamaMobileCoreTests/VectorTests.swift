@@ -111,6 +111,16 @@ final class VectorTests: XCTestCase {
         }
     }
 
+    func testAttentionSinkIsReadWhenPresent() throws {
+        let text = try String(contentsOf: Self.vectors.appendingPathComponent("manifests/chat_smollm2.json"), encoding: .utf8)
+        XCTAssertNil(try Manifest.parse(Data(text.utf8)).runtime.attentionSink)
+        let sink = text.replacingOccurrences(of: "\"context_length\": 512,",
+            with: "\"attention_sink\": {\"sink_size\": 4, \"window_size\": 254}, \"context_length\": 512,")
+        let runtime = try Manifest.parse(Data(sink.utf8)).runtime
+        XCTAssertEqual(runtime.attentionSink?.sinkSize, 4)
+        XCTAssertEqual(runtime.attentionSink?.windowSize, 254)
+    }
+
     func testBundleVerifiesAndTamperingIsRefused() throws {
         let source = Self.vectors.appendingPathComponent("bundle")
         XCTAssertEqual(try VerifiedBundle.open(source).manifest.model.preset, "smollm2-135m-instruct")

@@ -110,13 +110,14 @@ class MainActivity : Activity() {
         }
         val chat = session
         val context = current.bundle.manifest.contextLength.toInt()
+        val sliding = current.bundle.manifest.attentionSink != null  // no end of context: no drop-oldest policy
         val chars = { s: String -> s.length }
         val prompt: String
         val resetFirst: Boolean
         try {
             if (chat != null) {
                 chat.add("user", chatInput.text.toString())
-                val next = chat.nextPrompt(held, context, chars, reserve = MAX_CHAT_TOKENS)
+                val next = chat.nextPrompt(held, context, chars, reserve = MAX_CHAT_TOKENS, slidingWindow = sliding)
                 if (next.resetFirst) held = 0
                 prompt = next.text
                 resetFirst = next.resetFirst
@@ -129,7 +130,7 @@ class MainActivity : Activity() {
             return
         }
         held += prompt.length
-        val maxNew = maxOf(1, minOf(MAX_CHAT_TOKENS, context - held))
+        val maxNew = maxOf(1, minOf(MAX_CHAT_TOKENS, context - (if (sliding) prompt.length else held)))
         val reply = StringBuilder()
         chatOutput.text = ""
         current.generate(prompt, maxNew, object : Engine.Listener {

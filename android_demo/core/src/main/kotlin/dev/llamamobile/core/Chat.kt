@@ -35,7 +35,7 @@ data class ChatMessage(val role: String, val content: String, val toolCalls: Lis
 class ContextOverflowException(message: String) : Exception(message)
 
 /**
- * The context policy without an attention-sink export, as fit_history in runtime_harness/chat.py
+ * The context policy (bundles without runtime.attention_sink), as fit_history in runtime_harness/chat.py
  * (tests/vectors/chat_context.json): drop the oldest messages until the rendered conversation (with the
  * generation prompt) is at most [budget] tokens. A leading system message is always kept; the kept rest starts
  * at a user message, or is the last message alone. Returns how many messages after the system one are dropped;
@@ -92,14 +92,18 @@ class ChatSession(template: ChatTemplate, private val system: String? = null) {
 
     /**
      * [cachedTokens]: tokens the runner holds now; [count] counts a text's tokens; [reserve]: room for the reply.
+     * [slidingWindow]: the bundle has an attention sink (Manifest.attentionSink): its cache is a ring that the runner
+     * recycles, so the held tokens count as none and the conversation goes on past the context without dropping
+     * anything; only a rebuild that does not fit on its own falls back to the policy (as Conversation in Python).
      * Throws ContextOverflowException when the last message does not fit on its own.
      */
-    fun nextPrompt(cachedTokens: Int, context: Int, count: (String) -> Int, reserve: Int = 64): Prompt {
+    fun nextPrompt(cachedTokens: Int, context: Int, count: (String) -> Int, reserve: Int = 64,
+                   slidingWindow: Boolean = false): Prompt {
         var rendered = template.render(ToolCalling.renderMessages(window))
         var reset = stale || cachedText.isEmpty() || !rendered.startsWith(cachedText)
         var delta = if (reset) rendered else rendered.substring(cachedText.length)
         val room = maxOf(1, minOf(reserve, context / 4))
-        if ((if (reset) 0 else cachedTokens) + count(delta) + room > context) {
+        if ((if (reset || slidingWindow) 0 else cachedTokens) + count(delta) + room > context) {
             val drop = ContextPolicy.fit(template, window, count, context - room)
             if (drop > 0) {
                 first = maxOf(first, if (messages.isNotEmpty() && messages[0].role == "system") 1 else 0) + drop

@@ -8,6 +8,13 @@ class ManifestException(val kind: String, message: String) : Exception(message)
 
 data class FileEntry(val size: Long, val sha256: String)
 
+/**
+ * runtime.attention_sink (export --attention-sink SINK,WINDOW): the program keeps the first [sinkSize] positions and a
+ * ring of 2 x [windowSize] after them, and takes any position. A conversation on it has no end of context:
+ * [ChatSession.nextPrompt] skips the drop-oldest policy (slidingWindow = true). Absent in other bundles.
+ */
+data class AttentionSink(val sinkSize: Long, val windowSize: Long)
+
 data class Manifest(
     val schemaVersion: Long,
     val preset: String,
@@ -21,7 +28,8 @@ data class Manifest(
     val bosId: Long,
     val eosIds: List<Long>,
     val promptTemplate: ChatTemplate,
-    val files: Map<String, FileEntry>
+    val files: Map<String, FileEntry>,
+    val attentionSink: AttentionSink? = null
 ) {
     companion object {
         const val FORMAT = "llama-mobile-bundle"
@@ -59,6 +67,12 @@ data class Manifest(
             val runtime = root.obj("runtime")
             val weights = runtime["weights"]
             if (weights != null && weights !is String) throw JsonException("runtime.weights must be a string or null")
+            val sink = runtime["attention_sink"]?.let {
+                val o = it as? Map<*, *> ?: throw JsonException("runtime.attention_sink must be an object")
+                AttentionSink(o.long("sink_size"), o.long("window_size")).also { s ->
+                    if (s.sinkSize < 1 || s.windowSize < 16) throw JsonException("runtime.attention_sink is out of range")
+                }
+            }
             val tokenizer = root.obj("tokenizer")
             val specials = root.obj("special_tokens")
             val eos = specials.list("eos_ids").map { it as? Long ?: throw JsonException("eos_ids must be integers") }
@@ -86,7 +100,8 @@ data class Manifest(
                 bosId = specials.long("bos_id"),
                 eosIds = eos,
                 promptTemplate = ChatTemplate.fromJson(root.obj("prompt_template")),
-                files = files
+                files = files,
+                attentionSink = sink
             )
         }
     }

@@ -48,4 +48,20 @@ class ChatSessionTest {
         assertEquals("system", session.window[0].role)
         assertEquals("user", session.window[1].role)
     }
+
+    @Test
+    fun anAttentionSinkBundleGoesPastTheContextWithoutDropping() {
+        val session = ChatSession(ChatTemplate.LLAMA3, system = "S")
+        var held = 0  // what the runner has been fed: past the context, its ring recycles the slots
+        for (i in 0 until 20) {
+            session.add("user", "message number $i with some words")
+            val prompt = session.nextPrompt(held, 600, chars, reserve = 32, slidingWindow = true)
+            assertEquals(i == 0, prompt.resetFirst)
+            held += chars(prompt.text) + chars("answer $i")
+            session.replied("answer $i", stopped = true)
+        }
+        assertTrue(held > 2 * 600)
+        assertEquals(0, session.dropped)
+        assertEquals(41, session.window.size)  // the system prompt and every turn
+    }
 }

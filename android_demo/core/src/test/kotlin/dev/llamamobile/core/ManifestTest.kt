@@ -35,6 +35,21 @@ class ManifestTest {
     }
 
     @Test
+    fun attentionSinkIsReadWhenPresent() {
+        val text = File(File(Vectors.dir, "manifests"), "chat_smollm2.json").readText(Charsets.UTF_8)
+        assertNull(Manifest.parse(text).attentionSink)  // bundles without one keep their context policy
+        val sink = text.replace("\"context_length\": 512,",
+            "\"attention_sink\": {\"sink_size\": 4, \"window_size\": 254}, \"context_length\": 512,")
+        assertEquals(AttentionSink(4, 254), Manifest.parse(sink).attentionSink)
+        try {
+            Manifest.parse(sink.replace("\"window_size\": 254", "\"window_size\": \"254\""))
+            fail("expected a manifest error")
+        } catch (e: ManifestException) {
+            assertEquals("field", e.kind)
+        }
+    }
+
+    @Test
     fun chatTemplateVectors() {
         for (case in Vectors.cases("chat_prompts.json")) {
             val template = ChatTemplate.fromJson(case["template"] as Map<*, *>)

@@ -1,0 +1,1 @@
+"""`llama-mobile serve`: a bundle behind an OpenAI- and Llama Stack-compatible HTTP API."""
