@@ -284,7 +284,7 @@ class ExportJob(Job):
         request = self.request
         preset, recipe, target = check_request(request)
         if request.memory_check and preset is not None:
-            self._preflight(preset.architecture, recipe, _asked_context(request) or preset.default_context)
+            self._preflight(preset.architecture, recipe, _asked_context(request, preset.default_context))
         return Checked(preset, recipe, target, get_backend(target))
 
     def _preflight(self, arch: Architecture, recipe: Recipe, context: int) -> None:
@@ -295,7 +295,7 @@ class ExportJob(Job):
         request, preset, recipe = self.request, checked.preset, checked.recipe
         priced = request.memory_check and preset is None  # a generic checkpoint: priced from its config, before its weights
         model = load_checkpoint(request.model, request.checkpoint, preflight=(lambda arch: self._preflight(
-            arch, recipe, _asked_context(request) or 1024)) if priced else None)
+            arch, recipe, _asked_context(request, 1024))) if priced else None)
         if request.task:
             model.task = request.task
         checked.recipe = recipe = with_kv_cache(self._kept_quantization(checked, model), request)
@@ -303,7 +303,7 @@ class ExportJob(Job):
         check_recipe_fits(recipe, linear_widths(arch), arch.dim)
         tokenizer = Tokenizer(model.tokenizer_path)
         check_vocab(tokenizer, arch.vocab_size)
-        context = _asked_context(request) or (preset.default_context if preset else 1024)
+        context = _asked_context(request, preset.default_context if preset else 1024)
         if request.sink is not None and context > arch.max_position:
             raise UsageError(f"--attention-sink's cache of {context} positions is past the model's {arch.max_position}",
                              fix="choose a smaller window")
@@ -521,9 +521,11 @@ class ExportJob(Job):
         )
 
 
-def _asked_context(request: ExportRequest) -> int | None:
-    """--context, or the attention sink's cache (sink + 2 x window), which is the program's context."""
-    return request.sink.cache_size if request.sink is not None else request.context
+def _asked_context(request: ExportRequest, default: int) -> int:
+    """--context (0 included: it is refused, not replaced), or the attention sink's cache (sink + 2 x window),
+    which is the program's context; else ``default``."""
+    asked = request.sink.cache_size if request.sink is not None else request.context
+    return default if asked is None else asked
 
 
 def rotation_for(recipe: Recipe, arch: Architecture) -> Rotation | None:
