@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from llama_mobile.core.errors import UsageError
 from llama_mobile.core.bundle import verify_bundle
+from llama_mobile.core.errors import UsageError
 from llama_mobile.core.manifest import schema_problems
 from llama_mobile.core.targets import TARGETS, get_target
-from llama_mobile.jobs.export_job import ExportRequest, check_request, run_export
+from llama_mobile.jobs.export_job import run_export
+from llama_mobile.jobs.export_request import ExportRequest, check_request
 from tests.checkpoints import TINY
 
 IS_MACOS = sys.platform == "darwin"

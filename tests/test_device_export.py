@@ -2,7 +2,7 @@ import pytest
 
 from llama_mobile.core.devices import DEVICES
 from llama_mobile.core.presets import MODEL_PRESETS
-from llama_mobile.jobs.export_job import ExportRequest, check_request, device_plan
+from llama_mobile.jobs.export_request import ExportRequest, check_request, device_plan
 from tests.conftest import export_tiny
 
 

@@ -4,7 +4,7 @@ from llama_mobile.core.devices import DEVICES, get_device
 from llama_mobile.core.errors import ResourceError, UsageError
 from llama_mobile.core.presets import MODEL_PRESETS
 from llama_mobile.core.targets import TARGETS
-from llama_mobile.jobs.export_job import linear_widths
+from llama_mobile.jobs.export_request import linear_widths
 from llama_mobile.jobs.plan import plan
 from llama_mobile.quantize.recipe import check_recipe_fits, load_recipe
 

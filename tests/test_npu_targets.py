@@ -8,7 +8,7 @@ from llama_mobile.core.devices import DEVICES, get_device
 from llama_mobile.core.errors import ConfigError, ExportError, UsageError
 from llama_mobile.core.targets import TARGETS, get_target
 from llama_mobile.export.backends import bind_device, qnn, sdk_problem
-from llama_mobile.jobs.export_job import ExportRequest, check_request
+from llama_mobile.jobs.export_request import ExportRequest, check_request
 from llama_mobile.quantize.pt2e import (
     neuropilot_quant_settings,
     qnn_quant_settings,

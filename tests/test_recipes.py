@@ -3,7 +3,7 @@ import pytest
 
 from llama_mobile.core.errors import ConfigError, UsageError
 from llama_mobile.core.presets import MODEL_PRESETS
-from llama_mobile.jobs.export_job import linear_widths
+from llama_mobile.jobs.export_request import linear_widths
 from llama_mobile.quantize.recipe import (
     check_recipe_fits,
     load_recipe,
