@@ -12,24 +12,18 @@ JSON object: prompt_tokens, generated_tokens, ttft_ms, prefill_tps, decode_tps, 
 model_rss_bytes.
 
 The default native runner (runtime_harness/native_runner.py) and the llama.cpp peer
-(runtime_harness/llama_bench.py) are processes of their own. `llama_cpp_run` (greedy decoding through
-llama-cpp-python) is no longer a bench side: tests/test_gguf_writer.py uses it to check a written GGUF's
-greedy tokens against llama.cpp's logits.
+(runtime_harness/llama_bench.py) are processes of their own.
 """
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 from llama_mobile.core.bundle import Bundle
 from llama_mobile.core.manifest import read_manifest
 from llama_mobile.core.memory import peak_rss_bytes, resident_bytes
 from llama_mobile.runtime_harness.generate import Runner
-from llama_mobile.runtime_harness.llama_cpp_build import llama_cpp_module
 from llama_mobile.runtime_harness.program import load_runtime_ops
 
 BASELINE = 0
@@ -50,38 +44,6 @@ def executorch_run(bundle: Path, prompt: str, new_tokens: int, threads: int) -> 
     return {"prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens,
             "ttft_ms": s.time_to_first_token_ms, "prefill_tps": s.prefill_tokens_per_s,
             "decode_tps": s.decode_tokens_per_s, "warmup": 1}
-
-
-def llama_cpp_last_logits(llm):
-    """The last evaluated position's logits. Llama.scores is only filled with logits_all=True (and has
-    n_batch rows otherwise), so read the context's own buffer, as llama.cpp's samplers do."""
-
-    return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
-
-
-def llama_cpp_run(gguf: Path, prompt: str, new_tokens: int, threads: int) -> dict:
-    """Greedy decoding through llama-cpp-python: not a bench side (see the module docstring)."""
-    llama_cpp_module()  # `llama-mobile peer build`'s library, when there is one
-    from llama_cpp import Llama
-
-    global BASELINE
-    BASELINE = resident_bytes()
-    llm = Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=2048,
-                n_batch=512, verbose=False)
-    tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-    started = time.perf_counter()
-    llm.eval(tokens)
-    generated = [int(llama_cpp_last_logits(llm).argmax())]  # the first token comes out of prefill
-    prefill_s = time.perf_counter() - started
-    decode_started = time.perf_counter()
-    for _ in range(new_tokens - 1):
-        llm.eval([generated[-1]])
-        generated.append(int(llama_cpp_last_logits(llm).argmax()))
-    decode_s = time.perf_counter() - decode_started
-    decoded = len(generated) - 1
-    return {"prompt_tokens": len(tokens), "generated_tokens": len(generated), "ttft_ms": prefill_s * 1000,
-            "prefill_tps": len(tokens) / prefill_s, "decode_tps": decoded / decode_s if decode_s else 0.0,
-            "tokens": generated}
 
 
 def main() -> None:

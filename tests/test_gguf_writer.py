@@ -159,23 +159,3 @@ def test_hugging_face_tokenizer_json_gives_the_same_vocabulary(written, read_bac
     from_hf = hf_vocabulary(read_back.tokenizer_path, 128256)
     assert from_hf.tokens == from_meta.tokens and from_hf.merges == from_meta.merges
     assert from_hf.types == from_meta.types
-
-
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs the bench extra (llama-cpp-python)")
-def test_bench_worker_decodes_greedily_from_llama_cpps_logits(written):
-    """The peer's decode loop argmaxes the logits llama.cpp just computed (Llama.scores stays empty
-    without logits_all), past one n_batch of prompt: each token is the argmax of a full re-evaluation."""
-    from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
-
-    from llama_mobile.runtime_harness.bench_worker import llama_cpp_run
-    from llama_mobile.runtime_harness.peer_quality import llama_cpp_logits
-
-    loaded, path = written
-    text = " ".join([TEXT] * 20)  # > 512 tokens: the prompt goes in two batches
-    # llama.cpp tokenizes like Meta's tokenizer (ExecuTorch's C++ tiktoken splits whitespace runs otherwise)
-    prompt = MetaTokenizer(llama3_tokenizer_model()).encode(text, bos=False, eos=False, allowed_special="all")
-    assert len(prompt) > 512
-    result = llama_cpp_run(path, text, 6, 1)
-    assert result["prompt_tokens"] == len(prompt) and len(result["tokens"]) == 6
-    logits = llama_cpp_logits(path, prompt + result["tokens"][:-1])
-    assert logits[len(prompt) - 1:].argmax(-1).tolist() == result["tokens"]

@@ -76,7 +76,14 @@ def test_int8_cache_refused_where_it_cannot_run(tiny_hf, tmp_path, target, recip
     assert not any(tmp_path.iterdir())
 
 
-def test_plan_prices_the_int8_cache():
-    fp32, int8 = kv_cache_bytes(TINY, 2048), kv_cache_bytes(TINY, 2048, "int8")
-    assert fp32 == 2 * TINY.n_layers * 2048 * TINY.n_kv_heads * TINY.head_dim * 4
-    assert int8 == 2 * TINY.n_layers * 2048 * TINY.n_kv_heads * (TINY.head_dim + 5)
+def test_plan_prices_the_cache_the_model_holds(custom_ops, tiny_state):
+    """plan's KV figure is the bytes of the cache buffers the program really has, float and int8."""
+    model = build_model(TINY, 64, dict(tiny_state))
+
+    def cache_bytes() -> int:
+        return sum(buffer.numel() * buffer.element_size() for name, buffer in model.named_buffers()
+                   if "_cache" in name)
+
+    assert cache_bytes() == kv_cache_bytes(TINY, 64)
+    model.use_int8_kv_cache()
+    assert cache_bytes() == kv_cache_bytes(TINY, 64, "int8") < kv_cache_bytes(TINY, 64) / 3
