@@ -244,42 +244,35 @@ class Transformer(nn.Module):
         self.attention_sink: CachePositionsWithSink | None = None  # use_attention_sink()
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        if self.attention_sink is not None:
-            return self._forward_with_sink(tokens, input_pos)
         seqlen = tokens.shape[1]
         start_pos = input_pos[0].item()
         torch._check(start_pos >= 0)
-        torch._check(start_pos + seqlen <= self.max_context)
-        cos, sin = self.rope_at(start_pos, seqlen)
+        if self.attention_sink is None:
+            torch._check(start_pos + seqlen <= self.max_context)
+            cos, sin = self.rope_at(start_pos, seqlen)
+            ring = None
+        else:
+            cos, sin, ring = self._sink_step(start_pos, seqlen)
         h = self.tok_embeddings(tokens)
-        for layer in self.layers:
-            h = layer(h, start_pos, cos, sin, self.rope_swap)
-        if not self.all_logits:
-            h = h[:, -1, :]
-        return self.head(h)
-
-    def _forward_with_sink(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """Any start position (no end of context): RoPE at the true positions, one mask for every block.
-
-        Positions have no bound, so cos/sin come from the position in the graph (float32 angle p x frequency,
-        the same products as rope_tables' rows) rather than from a table. XNNPACK takes the cos/sin (SmolLM2
-        4,256: no cos/sin among the ops outside delegates) and a decode step costs no measurable time more."""
-        sink = self.attention_sink
-        seqlen = tokens.shape[1]
-        start_pos = input_pos[0].item()
-        torch._check(start_pos >= 0)
-        torch._check(seqlen <= sink.window)  # a longer chunk would overwrite keys its own first queries need
-        slots, mask = sink.step(start_pos, seqlen)
-        h = self.tok_embeddings(tokens)
-        positions = torch.arange(seqlen, dtype=torch.long) + start_pos
-        angles = positions.to(torch.float32).view(seqlen, 1, 1) * self.rope_inv_freq  # [S, 1, head_dim]
-        cos, sin = torch.cos(angles).to(h.dtype), torch.sin(angles).to(h.dtype)
-        ring = (slots.unsqueeze(0), mask)
         for layer in self.layers:
             h = layer(h, start_pos, cos, sin, self.rope_swap, ring)
         if not self.all_logits:
             h = h[:, -1, :]
         return self.head(h)
+
+    def _sink_step(self, start_pos, seqlen: int) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """With an attention sink, any start position (no end of context): RoPE at the true positions and one
+        (slots, mask) for every block.
+
+        Positions have no bound, so cos/sin come from the position in the graph (float32 angle p x frequency,
+        the same products as rope_tables' rows) rather than from a table. XNNPACK takes the cos/sin (SmolLM2
+        4,256: no cos/sin among the ops outside delegates) and a decode step costs no measurable time more."""
+        sink = self.attention_sink
+        torch._check(seqlen <= sink.window)  # a longer chunk would overwrite keys its own first queries need
+        slots, mask = sink.step(start_pos, seqlen)
+        positions = torch.arange(seqlen, dtype=torch.long) + start_pos
+        angles = positions.to(torch.float32).view(seqlen, 1, 1) * self.rope_inv_freq  # [S, 1, head_dim]
+        return torch.cos(angles), torch.sin(angles), (slots.unsqueeze(0), mask)
 
     def rope_at(self, start_pos, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rope_cos.narrow(0, start_pos, seqlen), self.rope_sin.narrow(0, start_pos, seqlen)
