@@ -75,3 +75,28 @@ def compare_logits(reference: torch.Tensor, candidate: torch.Tensor, token_ids: 
         kl_p99=torch.quantile(kl, 0.99).item(), ppl_reference=ppl_ref, ppl_candidate=ppl_cand,
         ppl_ratio=ppl_cand / ppl_ref,
     )
+
+
+def pool_metrics(parts: list[ParityMetrics]) -> ParityMetrics:
+    """Several windows' metrics as one: means weighted by positions, perplexities from the pooled mean
+    log-likelihood (each window's perplexity covers its positions - 1 next tokens), the worst cosine, and
+    the largest per-window KL 99th percentile (an upper bound of the pooled one)."""
+    if not parts:
+        raise ValueError("no windows to pool")
+    n = sum(p.positions for p in parts)
+    nexts = [max(p.positions - 1, 0) for p in parts]
+
+    def mean(field: str) -> float:
+        return sum(getattr(p, field) * p.positions for p in parts) / n
+
+    def pooled_ppl(field: str) -> float:
+        total = sum(nexts)
+        if total == 0:
+            return 1.0
+        return math.exp(sum(math.log(getattr(p, field)) * k for p, k in zip(parts, nexts)) / total)
+
+    ppl_ref, ppl_cand = pooled_ppl("ppl_reference"), pooled_ppl("ppl_candidate")
+    return ParityMetrics(positions=n, top1_agreement=mean("top1_agreement"), top5_overlap=mean("top5_overlap"),
+                         cosine_mean=mean("cosine_mean"), cosine_min=min(p.cosine_min for p in parts),
+                         kl_mean=mean("kl_mean"), kl_p99=max(p.kl_p99 for p in parts), ppl_reference=ppl_ref,
+                         ppl_candidate=ppl_cand, ppl_ratio=ppl_cand / ppl_ref)

@@ -38,6 +38,19 @@ def eval_token_ids(tokenizer, positions: int, text_path: Path | None = None,
     return ids[:positions]
 
 
+def text_windows(tokenizer, positions: int, text_path: Path | None = None, bos_id: int | None = None) -> list[list[int]]:
+    """The whole text as consecutive windows of `positions` token positions, each opening with BOS (when
+    the model has one) like a fresh prompt; the tail shorter than a window is left out. A text shorter than
+    one window gives the one window ``eval_token_ids`` gives."""
+    text = read_user_text(text_path, what="evaluation text") if text_path is not None else \
+        CORPUS.read_text(encoding="utf-8")
+    ids = tokenizer.encode(text)
+    step = positions - (bos_id is not None)
+    windows = [[*([bos_id] if bos_id is not None else []), *ids[start:start + step]]
+               for start in range(0, len(ids) - step + 1, step)]
+    return windows or [eval_token_ids(tokenizer, positions, text_path, bos_id)]
+
+
 @torch.no_grad()
 def reference_logits(model: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
     """Eager logits at every position in one forward pass over a fresh cache."""

@@ -21,8 +21,8 @@ from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.model import build_model, load_custom_ops
 from llama_mobile.runtime_harness.gguf_peer import PeerType, source_checkpoint
 from llama_mobile.runtime_harness.llama_cpp_build import llama_cpp_module
-from llama_mobile.runtime_harness.metrics import compare_logits
-from llama_mobile.runtime_harness.parity import CORPUS, eval_token_ids, reference_logits
+from llama_mobile.runtime_harness.metrics import compare_logits, pool_metrics
+from llama_mobile.runtime_harness.parity import CORPUS, eval_token_ids, reference_logits, text_windows
 from llama_mobile.runtime_harness.program import Program
 
 Logits = Callable[[Path, list[int]], torch.Tensor]  # (artifact, token ids) -> [N, vocab] logits
@@ -44,8 +44,8 @@ def llama_cpp_logits(gguf: Path, token_ids: list[int], threads: int = 2) -> torc
         llm.close()
 
 
-def score(reference: torch.Tensor, candidate: torch.Tensor, token_ids: list[int]) -> QualityScore:
-    m = compare_logits(reference, candidate, token_ids)
+def pooled_score(windows: list) -> QualityScore:
+    m = pool_metrics(windows)
     return QualityScore(top1_agreement=m.top1_agreement, kl_mean=m.kl_mean, ppl_ratio=m.ppl_ratio,
                         cosine_mean=m.cosine_mean)
 
@@ -56,10 +56,11 @@ def text_name(path: Path | None) -> str:
 
 def quality_table(bundle: Bundle, peers: dict[PeerType | str, Path], texts: list[Path | None] = (None,),
                   positions: int = 256, size_bytes: int | None = None, imatrix_text: Path | None = None,
-                  peer_logits: Logits | None = None, ours_logits: Logits | None = None,
+                  peer_logits: Logits | None = None, ours_logits: Logits | None = None, whole_text: bool = False,
                   emit: Callable[[str], None] = lambda line: None) -> BenchQuality:
     """Our program and each peer (a PeerType, or a label for a given file) against the FP32 eager model of
-    the bundle's source, on the first `positions` tokens of every text (None: the parity text)."""
+    the bundle's source, on the first `positions` tokens of every text (None: the parity text), or with
+    ``whole_text`` on every window of `positions` tokens through it, pooled (a steadier perplexity ratio)."""
     peer_logits = peer_logits or llama_cpp_logits
     manifest = bundle.manifest
     preset = manifest.model.preset
@@ -78,20 +79,22 @@ def quality_table(bundle: Bundle, peers: dict[PeerType | str, Path], texts: list
         rows.append(QualityRow(f"{PEER} {peer.label if typed else peer}", PEER, path.stat().st_size, {},
                                gguf_type=peer.gguf_type if typed else None,
                                imatrix=peer.imatrix if typed else False, path=str(path)))
-    names, counts = {}, {}
+    names, counts, window_counts = {}, {}, {}
+    bos, span = manifest.special_tokens.bos_id, min(positions, context)
     for text in texts:
         name = text_name(text)
-        token_ids = eval_token_ids(tokenizer, min(positions, context), text_path=text,
-                                   bos_id=manifest.special_tokens.bos_id)
-        names[name], counts[name] = str(text or CORPUS), len(token_ids)
-        emit(f"{name}: FP32 reference over {len(token_ids)} positions")
-        reference = reference_logits(model, token_ids)
+        windows = text_windows(tokenizer, span, text, bos) if whole_text else \
+            [eval_token_ids(tokenizer, span, text_path=text, bos_id=bos)]
+        names[name], counts[name], window_counts[name] = str(text or CORPUS), sum(map(len, windows)), len(windows)
+        emit(f"{name}: FP32 reference over {counts[name]} positions ({len(windows)} windows)")
+        references = [reference_logits(model, ids) for ids in windows]
         for row in rows:
             emit(f"{name}: {row.artifact}")
-            logits = ours_logits(Path(bundle.path), token_ids) if row.side == OURS else \
-                peer_logits(Path(row.path), token_ids)
-            row.scores[name] = score(reference, logits, token_ids)
-    return BenchQuality(reference="fp32 eager", texts=names, positions=counts, rows=rows,
+            logits = (ours_logits(Path(bundle.path), ids) if row.side == OURS else peer_logits(Path(row.path), ids)
+                      for ids in windows)
+            row.scores[name] = pooled_score([compare_logits(reference, candidate, ids)
+                                             for reference, candidate, ids in zip(references, logits, windows)])
+    return BenchQuality(reference="fp32 eager", texts=names, positions=counts, windows=window_counts, rows=rows,
                         imatrix_text=str(imatrix_text) if imatrix_text and any(r.imatrix for r in rows) else None)
 
 
@@ -106,11 +109,16 @@ def quality_against_peer(bundle: Bundle, gguf: Path, positions: int = 256) -> Be
     return quality_table(bundle, {gguf.stem: gguf}, [None], positions)
 
 
+def _span(quality: BenchQuality, text: str) -> str:
+    windows = quality.windows.get(text, 1)
+    return f"{quality.positions[text]} pos" + (f" in {windows} windows" if windows > 1 else "")
+
+
 def format_table(quality: BenchQuality) -> list[str]:
     """One line per artifact: bytes, then top-1 / KL mean / ppl ratio on each text."""
     texts = list(quality.texts)
     head = f"{'artifact':<28s} {'bytes':>12s}" + "".join(
-        f"  {f'{t} ({quality.positions[t]} pos) top-1 / KL / ppl':>38s}" for t in texts)
+        f"  {f'{t} ({_span(quality, t)}) top-1 / KL / ppl':>38s}" for t in texts)
     lines = [head]
     for row in quality.rows:
         cells = "".join(f"  {'':>14s}{s.top1_agreement:6.3f} / {s.kl_mean:6.3f} / {s.ppl_ratio:6.3f}"

@@ -118,6 +118,8 @@ def test_the_cli_refuses_an_unknown_type_as_a_usage_error(tmp_path, capfd):
     assert result.exit_code == 2
     result = CliRunner().invoke(main, ["bench", str(bundle), "--quality-only", "--vs-llama-cpp"])
     assert result.exit_code == 2
+    result = CliRunner().invoke(main, ["bench", str(bundle), "--whole-text"])
+    assert result.exit_code == 2 and "--whole-text applies to the quality table" in result.stderr + capfd.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +168,46 @@ def test_the_quality_table_scores_every_peer_on_the_same_tokens(tiny_8da4w_bundl
     assert data["quality"]["rows"][1]["scores"]["parity"]["top1_agreement"] == same.scores["parity"].top1_agreement
     lines = format_table(quality)
     assert len(lines) == 4 and "Q4_K_M+imatrix" in lines[3] and "120" in lines[3]
+
+
+def test_whole_text_quality_pools_every_window_of_each_text(tiny_8da4w_bundle, custom_ops, peer_files):
+    """--whole-text: the text is cut into consecutive windows that each open with BOS; every artifact is
+    scored on all of them and the scores pooled."""
+    from llama_mobile.core.bundle import verify_bundle
+    from llama_mobile.core.tokenizer import Tokenizer
+    from llama_mobile.runtime_harness.parity import text_windows
+    from llama_mobile.runtime_harness.peer_quality import format_table, quality_table
+    from llama_mobile.runtime_harness.program import Program
+
+    bundle = verify_bundle(tiny_8da4w_bundle.bundle)
+    bos = bundle.manifest.special_tokens.bos_id
+    tokenizer = Tokenizer(bundle.tokenizer)
+    text = CORPUS_DIR / "heldout.txt"
+    ids = tokenizer.encode(text.read_text(encoding="utf-8"))
+    windows = text_windows(tokenizer, 24, text, bos)
+    step = 24 - (bos is not None)
+    assert len(windows) == len(ids) // step > 1
+    assert all(len(w) == 24 for w in windows)
+    assert [t for w in windows for t in (w[1:] if bos is not None else w)] == ids[:len(windows) * step]
+
+    program = Program.of(bundle)
+    seen = []
+
+    def fake_peer(path: Path, window: list[int]) -> torch.Tensor:
+        seen.append(tuple(window))
+        logits = program.logits_per_position(window)
+        return logits if "Q4_0" in path.name else torch.zeros_like(logits)
+
+    whole = quality_table(bundle, peer_files, [text], positions=24, peer_logits=fake_peer, whole_text=True)
+    first = quality_table(bundle, peer_files, [text], positions=24, peer_logits=fake_peer)
+    name = text.stem
+    assert whole.windows[name] == len(windows) and whole.positions[name] == 24 * len(windows)
+    assert first.windows[name] == 1 and first.positions[name] == 24
+    ours, same, _ = whole.rows
+    assert same.scores[name] == ours.scores[name]
+    assert ours.scores[name] != first.rows[0].scores[name]  # more text, another figure
+    assert set(seen[:2 * len(windows)]) == {tuple(w) for w in windows}
+    assert f"{24 * len(windows)} pos in {len(windows)} windows" in format_table(whole)[0]
 
 
 def test_bench_quality_only_runs_no_speed_measurement(tiny_8da4w_bundle, custom_ops, peer_files, monkeypatch):

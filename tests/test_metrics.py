@@ -7,6 +7,7 @@ from llama_mobile.runtime_harness.metrics import (
     compare_logits,
     kl_per_position,
     perplexity,
+    pool_metrics,
 )
 from llama_mobile.runtime_harness.parity import gate
 
@@ -30,6 +31,26 @@ def test_kl_matches_direct_computation():
 
 def test_perplexity_of_uniform_is_vocab_size():
     assert perplexity(torch.zeros(5, 7), torch.tensor([1, 2, 3, 4, 5])) == pytest.approx(7.0)
+
+
+def test_pooled_windows_score_as_one_text_would():
+    """Two windows pooled give the means over all their positions and the perplexity of all their next
+    tokens together, exactly what one computation over both gives."""
+    gen = torch.Generator().manual_seed(3)
+    ref, cand = torch.randn(2, 9, 40, generator=gen), torch.randn(2, 9, 40, generator=gen)
+    ids = torch.randint(0, 40, (2, 9), generator=gen).tolist()
+    parts = [compare_logits(ref[i], cand[i], ids[i]) for i in range(2)]
+    pooled = pool_metrics(parts)
+    assert pooled.positions == 18
+    assert pooled.top1_agreement == pytest.approx(sum(p.top1_agreement for p in parts) / 2)
+    assert pooled.kl_mean == pytest.approx(kl_per_position(ref.reshape(18, 40), cand.reshape(18, 40)).mean().item())
+    nexts = torch.tensor([ids[0][1:], ids[1][1:]]).reshape(-1)
+    assert pooled.ppl_reference == pytest.approx(perplexity(ref[:, :-1].reshape(16, 40), nexts))
+    assert pooled.ppl_ratio == pytest.approx(perplexity(cand[:, :-1].reshape(16, 40), nexts) / pooled.ppl_reference)
+    assert pooled.cosine_min == min(p.cosine_min for p in parts)
+    assert pool_metrics(parts[:1]) == parts[0]
+    with pytest.raises(ValueError):
+        pool_metrics([])
 
 
 def test_top1_counts_disagreements():

@@ -37,7 +37,10 @@ from llama_mobile.core.reports import OURS
 @click.option("--text", "texts", multiple=True, type=FilePath(path_type=Path, exists=True, dir_okay=False),
               help="a further (held-out) text to score quality on, besides the parity text; repeatable")
 @click.option("--positions", default=256, show_default=True, type=click.IntRange(8),
-              help="token positions scored per text")
+              help="token positions scored per text (per window with --whole-text)")
+@click.option("--whole-text", is_flag=True,
+              help="with --quality: score every window of --positions tokens through each text, pooled, not "
+                   "just the first (a steadier perplexity ratio)")
 @click.option("--quality-only", is_flag=True, help="the quality table alone: no speed runs")
 @click.option("--peer-dir", type=FilePath(path_type=Path, file_okay=False), default=None,
               help="keep the --peer-types GGUFs here (default: a temporary folder)")
@@ -50,7 +53,7 @@ from llama_mobile.core.reports import OURS
                    "kernels, which no app runs")
 @click.option("--json", "as_json", is_flag=True)
 def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cpp, gguf, plot, quality, peer_types,
-          imatrix, texts, positions, quality_only, peer_dir, runtime, as_json):
+          imatrix, texts, positions, whole_text, quality_only, peer_dir, runtime, as_json):
     """Prefill and decode tokens/s, time to first token, peak RSS and size, each run in a fresh process.
 
     \b
@@ -61,6 +64,7 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
       llama-mobile bench out/smollm2-135m-instruct-8da4w-mixed-xnnpack --runtime python
       llama-mobile peer build     # once: llama.cpp's llama-bench, quantizer, imatrix and library
       llama-mobile bench BUNDLE --quality-only --peer-types Q4_0,IQ4_XS+imatrix,Q4_K_M --text heldout.txt
+      llama-mobile bench BUNDLE --quality-only --peer-types IQ4_XS+imatrix --positions 512 --whole-text
     Run it on an idle machine: llama.cpp's threads collapse when another process shares a core.
     """
     quiet_libraries()
@@ -77,6 +81,8 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
         raise UsageError("--imatrix applies to --peer-types", fix="add --peer-types Q4_K_M,IQ4_XS")
     peers = tuple(parse_peer_types(peer_types, imatrix)) if peer_types is not None else ()
     quality = quality or quality_only or bool(peers)
+    if whole_text and not quality:
+        raise UsageError("--whole-text applies to the quality table", fix="add --quality or --quality-only")
     if quality_only and (vs_llama_cpp or plot is not None):
         raise UsageError("--quality-only measures no speed", fix="drop --vs-llama-cpp/--plot, or --quality-only")
     if quality_only and gguf is not None:
@@ -91,7 +97,8 @@ def bench(bundle, prompt_lengths, new_tokens, runs, warmup, threads, vs_llama_cp
         gguf = peer_for_bundle(verify_bundle(bundle).manifest, Path(tempfile.mkdtemp(prefix="llama-mobile-peer-")))
     request = BenchRequest(bundle=bundle, prompt_lengths=lengths, new_tokens=new_tokens, runs=runs,
                            warmup=warmup, threads=threads, llama_cpp_gguf=gguf, quality=quality, runtime=runtime,
-                           peer_types=peers, texts=tuple(texts), positions=positions, quality_only=quality_only,
+                           peer_types=peers, texts=tuple(texts), positions=positions, whole_text=whole_text,
+                           quality_only=quality_only,
                            peer_dir=peer_dir)
     report = run_bench(request, Progress(STAGES, emit=say))
     if plot is not None:

@@ -126,6 +126,7 @@ class BenchQuality:
     texts: dict[str, str]  # text name -> path
     positions: dict[str, int]  # text name -> positions scored
     rows: list[QualityRow]
+    windows: dict[str, int] = field(default_factory=dict)  # text name -> windows pooled (--whole-text)
     imatrix_text: str | None = None  # the text llama-imatrix read, when a peer has +imatrix
 
     def row(self, artifact: str) -> QualityRow:

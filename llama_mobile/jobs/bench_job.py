@@ -71,6 +71,7 @@ class BenchRequest:
     peer_types: tuple[PeerType, ...] = ()
     texts: tuple[Path, ...] = ()
     positions: int = 256
+    whole_text: bool = False  # quality over every window of `positions` tokens of each text, pooled
     quality_only: bool = False  # no speed runs: the quality table alone
     calibration: Path = CALIBRATION_TEXT  # what llama-imatrix reads for the +imatrix peers
     peer_dir: Path | None = None  # where the peer GGUFs are kept (default: a fresh temporary folder)
@@ -256,7 +257,8 @@ class BenchJob(Job):
                                            f"on {len(texts)} texts"):
                 report.quality = quality_table(prepared.bundle, peers, texts, request.positions,
                                                size_bytes=report.size_bytes[OURS],
-                                               imatrix_text=request.calibration, emit=progress.note)
+                                               imatrix_text=request.calibration, whole_text=request.whole_text,
+                                               emit=progress.note)
         return report
 
     def prepare(self) -> Prepared:
