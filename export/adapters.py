@@ -22,6 +22,7 @@ from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.errors import CheckpointError, UsageError
 from llama_mobile.export.config_fields import read_json_object
 from llama_mobile.export.hf_loader import hf_to_meta_rope
+from llama_mobile.export.model import expected_shapes
 from llama_mobile.export.pages import settle_file
 from llama_mobile.export.tensor_names import BLOCK, MODEL_TENSOR
 
@@ -107,7 +108,8 @@ def _config(path: Path) -> tuple[int, float, bool, tuple[str, ...]]:
     if unknown:
         raise CheckpointError(f"target module {unknown[0]!r} is not a linear of a Llama block "
                               f"({', '.join(TARGETS)})", path=path, fix="pass an adapter trained for a Llama model")
-    names = tuple(dict.fromkeys(TARGETS[t.split(".")[-1]] for t in targets))
+    asked = {TARGETS[t.split(".")[-1]] for t in targets}
+    names = tuple(name for name in TARGETS.values() if name in asked)  # the block's order
     return rank, float(alpha), bool(data.get("use_rslora", False)), names
 
 
@@ -153,7 +155,7 @@ def read_adapter(name: str, path: Path, arch: Architecture) -> Adapter:
                               fix="the file is truncated or corrupt: copy it again") from None
     if not halves:
         raise CheckpointError("holds no LoRA matrices", path=weights_file, fix="pass the adapter's weights file")
-    widths = _widths(arch)
+    shapes = expected_shapes(arch)
     pairs = {}
     for linear, pair in sorted(halves.items(), key=lambda item: _order(item[0])):
         if set(pair) != {"A", "B"}:
@@ -164,7 +166,7 @@ def read_adapter(name: str, path: Path, arch: Architecture) -> Adapter:
             raise CheckpointError(f"{linear} is adapted but {kind} is not in target_modules", path=config,
                                   fix="pass the adapter_config.json that came with these weights")
         a, b = pair["A"], pair["B"]
-        out_features, in_features = widths[kind]
+        out_features, in_features = shapes[f"{linear}.weight"]
         if a.dim() != 2 or b.dim() != 2 or a.shape[1] != in_features or b.shape[0] != out_features:
             raise CheckpointError(f"{linear}: A {tuple(a.shape)} and B {tuple(b.shape)} do not fit a "
                                   f"[{out_features}, {in_features}] linear: an adapter for another architecture",
@@ -190,14 +192,6 @@ BLOCK_GROUP = {meta: hf.split(".")[0] for meta, hf in (BLOCK[kind] for kind in L
 
 def _order(linear: str) -> tuple[int, str]:
     return int(linear.split(".")[1]), linear
-
-
-def _widths(arch: Architecture) -> dict[str, tuple[int, int]]:
-    """(out, in) features of every block linear."""
-    q, kv = arch.n_heads * arch.head_dim, arch.n_kv_heads * arch.head_dim
-    return {"attention.wq": (q, arch.dim), "attention.wk": (kv, arch.dim), "attention.wv": (kv, arch.dim),
-            "attention.wo": (arch.dim, q), "feed_forward.w1": (arch.hidden_dim, arch.dim),
-            "feed_forward.w3": (arch.hidden_dim, arch.dim), "feed_forward.w2": (arch.dim, arch.hidden_dim)}
 
 
 def merged(state_dict: dict[str, torch.Tensor], adapter: Adapter) -> dict[str, torch.Tensor]:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -57,8 +59,9 @@ def partitioners_for(target: Target) -> list:
 WEIGHTS_TAG = "weights"
 
 
-def tag_weights_external(exported) -> int:
-    """Send every constant, inside delegates or not, to one external data file.
+def tag_weights_external(exported, keep_inside: Callable[[str], bool] = lambda name: False) -> int:
+    """Send every constant, inside delegates or not, to one external data file (except those whose graph
+    name ``keep_inside`` picks: the program carries them, e.g. a LoRA adapter's own matrices).
 
     ExecuTorch stores a delegate's weights and the program's own constants in separate places, so a tied
     embedding (read by the embedding op) and output layer (packed by XNNPACK) would be stored twice. In one
@@ -66,7 +69,8 @@ def tag_weights_external(exported) -> int:
     """
     tagged = 0
     for node in exported.graph.nodes:
-        if node.op == "placeholder" and node.name not in exported.graph_signature.user_inputs:
+        if node.op == "placeholder" and node.name not in exported.graph_signature.user_inputs \
+                and not keep_inside(node.name):
             node.meta.setdefault("custom", {})["delegate_constant_tag"] = WEIGHTS_TAG
             tagged += 1
     return tagged
@@ -253,12 +257,12 @@ def without_cycle_collection():
         gc.collect()
 
 
-def _tagging(partitioner):
+def _tagging(partitioner, keep_inside: Callable[[str], bool]):
     """Tag the weights on the graph the partitioner sees (after decomposition, where tags survive)."""
     partition = partitioner.partition
 
     def tag_then_partition(exported_program):
-        tag_weights_external(exported_program)
+        tag_weights_external(exported_program, keep_inside)
         return partition(exported_program)
 
     partitioner.partition = tag_then_partition
@@ -266,7 +270,9 @@ def _tagging(partitioner):
 
 
 def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: int,
-          external_weights: bool = False, fast: bool = True) -> LoweredProgram:
+          external_weights: bool = False, fast: bool = True,
+          keep_inside: Callable[[str], bool] = lambda name: False) -> LoweredProgram:
+    """``keep_inside``: with external weights, the constants (by graph name) the program keeps itself."""
     from executorch.exir import (
         EdgeCompileConfig,
         ExecutorchBackendConfig,
@@ -292,7 +298,7 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
         with lowering_context(target, fast):
             edge = to_edge_transform_and_lower(
                 exported,
-                partitioner=[_tagging(p) for p in partitioners_for(target)] if external_weights
+                partitioner=[_tagging(p, keep_inside) for p in partitioners_for(target)] if external_weights
                 else partitioners_for(target),
                 compile_config=EdgeCompileConfig(_check_ir_validity=False),
                 constant_methods=metadata,
@@ -303,7 +309,8 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
             extract_delegate_segments=True,
             do_quant_fusion_and_const_prop=True,
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-            external_constants=(lambda node: WEIGHTS_TAG) if external_weights else False,
+            external_constants=(lambda node: None if keep_inside(node.name) else WEIGHTS_TAG)
+            if external_weights else False,
         ))
         weights = None
         if external_weights:
@@ -324,6 +331,14 @@ def lower(model: torch.nn.Module, target: Target, metadata: dict, max_seq_len: i
     return LoweredProgram(pte=program.buffer, target=target.name, metadata=metadata,
                           delegated_calls=delegated, portable_ops=portable, seconds=seconds, weights=weights,
                           delegated_ops=_count_delegated_ops(graph_module))
+
+
+def data_sha256(data) -> str:
+    """SHA-256 of a weights file's bytes (bytes, or a Cord hashed piece by piece, never joined)."""
+    digest = hashlib.sha256()
+    for piece in getattr(data, "_buffers", [data]):
+        digest.update(piece if isinstance(piece, (bytes, bytearray, memoryview)) else piece.to_bytes())
+    return digest.hexdigest()
 
 
 def _count_ops(graph_module) -> tuple[int, dict[str, int]]:

@@ -65,9 +65,11 @@ class Runner:
                                  fix="re-export the bundle with this llama-mobile version") from None
 
     @classmethod
-    def of(cls, bundle: Bundle) -> Runner:
+    def of(cls, bundle: Bundle, adapter: str | None = None) -> Runner:
+        """The bundle's program, or LoRA adapter ``adapter``'s, over the bundle's weights file."""
         refuse_off_macos(bundle)
-        return cls(bundle.program, bundle.tokenizer, bundle.weights,
+        program = bundle.program if adapter is None else bundle.adapter_program(adapter)
+        return cls(program, bundle.tokenizer, bundle.weights,
                    attention_sink=bundle.manifest.runtime.attention_sink)
 
     def generate(self, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,

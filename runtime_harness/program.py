@@ -60,9 +60,11 @@ class Program:
         self.context_len = self._constant("get_max_context_len")
 
     @classmethod
-    def of(cls, bundle: Bundle) -> Program:
+    def of(cls, bundle: Bundle, adapter: str | None = None) -> Program:
+        """The bundle's program, or LoRA adapter ``adapter``'s, over the bundle's weights file."""
         refuse_off_macos(bundle)
-        return cls(bundle.program, bundle.weights, attention_sink=bundle.manifest.runtime.attention_sink)
+        program = bundle.program if adapter is None else bundle.adapter_program(adapter)
+        return cls(program, bundle.weights, attention_sink=bundle.manifest.runtime.attention_sink)
 
     def _constant(self, name: str) -> int:
         try:

@@ -108,3 +108,41 @@ def write_hf(folder: Path, arch: Architecture, state: dict[str, torch.Tensor],
 # Wide enough for every shipped group size (256 divides dim, heads x head_dim and the MLP width).
 TINY_WIDE = Architecture(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=512, vocab_size=300,
                          rope_theta=10000.0, tied_embeddings=False, max_position=256)
+
+
+PEFT_MODULES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+                "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+                "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj",
+                "feed_forward.w2": "mlp.down_proj"}
+
+
+def peft_adapter_tensors(arch: Architecture, rank: int, targets: tuple[str, ...], seed: int,
+                         scale: float = 0.1) -> dict[str, torch.Tensor]:
+    """PEFT's keys and Hugging Face's layout: A [rank, in], B [out, rank] per adapted linear."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = expected_shapes(arch)
+    tensors = {}
+    for layer in range(arch.n_layers):
+        for target in targets:
+            out_features, in_features = shapes[f"layers.{layer}.{target}.weight"]
+            key = f"base_model.model.model.layers.{layer}.{PEFT_MODULES[target]}"
+            tensors[f"{key}.lora_A.weight"] = scale * torch.randn(rank, in_features, generator=generator)
+            tensors[f"{key}.lora_B.weight"] = scale * torch.randn(out_features, rank, generator=generator)
+    return tensors
+
+
+def write_peft_adapter(folder: Path, arch: Architecture, *, rank: int = 4, alpha: float = 8.0, seed: int = 0,
+                       targets: tuple[str, ...] = ("attention.wq", "attention.wk", "attention.wv",
+                                                   "feed_forward.w2"),
+                       tensors: dict[str, torch.Tensor] | None = None, config: dict | None = None) -> Path:
+    """A PEFT LoRA adapter folder: adapter_config.json + adapter_model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = peft_adapter_tensors(arch, rank, targets, seed) if tensors is None else tensors
+    modules = sorted({PEFT_MODULES[t].split(".")[-1] for t in targets})
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": modules, "bias": "none",
+        "fan_in_fan_out": False, "use_rslora": False, "base_model_name_or_path": "tiny", **(config or {})}))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
+    return folder

@@ -111,6 +111,45 @@ def test_bundle_with_external_weights_verifies_and_tampering_is_caught(tmp_path)
         verify_bundle(copy)
 
 
+
+def test_bundle_with_adapters_verifies_and_names_their_programs():
+    bundle = verify_bundle(VECTORS / "bundle_adapters")
+    assert [a["name"] for a in bundle.manifest.adapters] == ["support", "sql"]
+    assert bundle.adapter_program("sql") == VECTORS / "bundle_adapters" / "adapters" / "sql.pte"
+    assert bundle.weights == VECTORS / "bundle_adapters" / "model.ptd"
+    with pytest.raises(UsageError, match="support, sql"):
+        bundle.adapter_program("legal")
+
+
+def test_tampered_adapter_program_is_caught(tmp_path):
+    copy = shutil.copytree(VECTORS / "bundle_adapters", tmp_path / "bundle")
+    program = copy / "adapters" / "support.pte"
+    program.write_bytes(program.read_bytes().upper())
+    with pytest.raises(BundleError, match="SHA-256"):
+        verify_bundle(copy)
+
+
+@pytest.mark.parametrize("program", ["adapters/../model.pte", "model.pte", "/adapters/sql.pte", "adapters/sql.ptd"])
+def test_adapter_program_outside_adapters_is_refused(tmp_path, program):
+    copy = shutil.copytree(VECTORS / "bundle_adapters", tmp_path / "bundle")
+    manifest = copy / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["adapters"][1]["program"] = program
+    manifest.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    with pytest.raises(BundleError):
+        verify_bundle(copy)
+
+
+def test_adapters_without_base_weights_are_refused(tmp_path):
+    copy = shutil.copytree(VECTORS / "bundle_adapters", tmp_path / "bundle")
+    manifest = copy / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["runtime"]["weights"] = None
+    manifest.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    with pytest.raises(BundleError, match="no base weights"):
+        verify_bundle(copy)
+
+
 INJECTION = json.loads((VECTORS / "injection.json").read_text(encoding="utf-8"))
 
 

@@ -25,8 +25,9 @@ def read_json_file(path: Path, what: str):
                           fix="write valid JSON (see README: Chat)") from None
 
 
-def open_conversation(verified, engine_kind: str, system: str | None):
-    """A Conversation on the bundle's program (engine "program") or TextLLMRunner (engine "runner")."""
+def open_conversation(verified, engine_kind: str, system: str | None, adapter: str | None = None):
+    """A Conversation on the bundle's program (engine "program") or TextLLMRunner (engine "runner"), or on
+    LoRA adapter ``adapter``'s program."""
     from llama_mobile.core.tokenizer import Tokenizer
     from llama_mobile.runtime_harness.chat import Conversation, ProgramEngine, RunnerEngine
     from llama_mobile.runtime_harness.generate import Runner
@@ -34,9 +35,9 @@ def open_conversation(verified, engine_kind: str, system: str | None):
 
     tokenizer = Tokenizer(verified.tokenizer)
     if engine_kind == "program":
-        engine = ProgramEngine(Program.of(verified), tokenizer, verified.stop_ids)
+        engine = ProgramEngine(Program.of(verified, adapter), tokenizer, verified.stop_ids)
     else:
-        engine = RunnerEngine(Runner.of(verified), verified.context_length)
+        engine = RunnerEngine(Runner.of(verified, adapter), verified.context_length)
     return Conversation(engine, tokenizer, verified.chat_template, system=system, stop_names=verified.stop_names)
 
 

@@ -73,9 +73,14 @@ class SinkWindow(click.ParamType):
               help="SINK,WINDOW: a ring KV cache of SINK + 2 x WINDOW positions that keeps the first SINK tokens "
                    "and attends to them plus the last WINDOW, so a conversation never reaches the end of the "
                    "context (custom-kernel targets, fp32 cache); e.g. 4,508 (a cache of 1020). Sets the context")
+@click.option("--adapter", "adapter_options", multiple=True, metavar="NAME=PATH",
+              help="a LoRA adapter (PEFT folder: adapter_config.json + adapter_model.safetensors); repeatable. "
+                   "Each becomes adapters/NAME.pte, a small program over the one base model.ptd, gated against "
+                   "the float model with the adapter merged")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 def export(model, checkpoint, recipe, target, device, output_dir, context, name, no_validate, task,
-           skip_memory_check, formats, single_file, calibration, requantize, kv_cache, attention_sink, as_json):
+           skip_memory_check, formats, single_file, calibration, requantize, kv_cache, attention_sink, adapter_options,
+           as_json):
     """Load, quantize and lower a model, and write a verified bundle.
 
     \b
@@ -87,9 +92,11 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
       llama-mobile export --model llama3.2-1b --checkpoint CKPT --target coreml-ios18 --recipe coreml-int4 --format mlpackage
       llama-mobile export --model llama3.2-1b --checkpoint CKPT --context 8192 --kv-cache int8
       llama-mobile export --attention-sink 4,508
+      llama-mobile export --model llama3.2-1b --checkpoint CKPT --adapter support=./support-lora --adapter sql=./sql-lora
     """
     quiet_libraries()
     from llama_mobile.core.progress import Progress
+    from llama_mobile.export.adapters import parse_adapter_option
     from llama_mobile.jobs.export_job import STAGES, ExportRequest, run_export
 
     if model not in MODEL_PRESETS and model != GENERIC_MODEL:  # a folder: its config gives the shapes
@@ -113,12 +120,13 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
                             validate=not no_validate, name=name, task=task, device=device,
                             memory_check=not skip_memory_check, formats=tuple(formats),
                             single_file=single_file, calibration=calibration, requantize=requantize,
-                            recipe_explicit=recipe is not None, kv_cache=kv_cache, attention_sink=attention_sink)
+                            recipe_explicit=recipe is not None, kv_cache=kv_cache, attention_sink=attention_sink,
+                            adapters=tuple(parse_adapter_option(value) for value in adapter_options))
     result = run_export(request, Progress(STAGES, emit=say))
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle), "size_bytes": result.size_bytes,
                                "seconds": result.seconds, "peak_rss_bytes": result.peak_rss_bytes,
-                               "parity": result.parity}, indent=2))
+                               "parity": result.parity, "adapters": result.manifest.adapters or []}, indent=2))
         return
     click.echo(f"bundle: {result.bundle}")
     from llama_mobile.jobs.bench_job import model_bytes
@@ -133,3 +141,7 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
         gate = GateResult(metrics=ParityMetrics(**result.parity["metrics"]), thresholds=result.parity["thresholds"],
                           failures=result.parity["failures"], reference=result.parity["reference"])
         click.echo(gate.summary())
+    for adapter in result.manifest.adapters or ():
+        size = result.manifest.files[adapter["program"]].size
+        click.echo(f"adapter {adapter['name']}: {adapter['program']} {size / 2**20:.2f} MiB, rank {adapter['rank']}"
+                   + (f", parity {'passed' if adapter['parity']['passed'] else 'FAILED'}" if adapter["parity"] else ""))

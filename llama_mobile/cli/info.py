@@ -182,6 +182,12 @@ def verify(bundle, as_json):
     manifest = verify_bundle(bundle).manifest
     if as_json:
         files = {name: dataclasses.asdict(entry) for name, entry in manifest.files.items()}
-        click.echo(json.dumps({"bundle": str(bundle), "ok": True, "files": files}, indent=2))
+        adapters = [a["name"] for a in manifest.adapters or ()]
+        click.echo(json.dumps({"bundle": str(bundle), "ok": True, "files": files, "adapters": adapters}, indent=2))
     else:
         click.echo(f"ok: {len(manifest.files)} files match manifest.json (schema {manifest.schema_version})")
+        for adapter in manifest.adapters or ():
+            parity = adapter.get("parity")
+            click.echo(f"adapter {adapter['name']}: {adapter['program']}, rank {adapter['rank']}, "
+                       f"{', '.join(adapter['targets'])}"
+                       + (f"; parity {'passed' if parity['passed'] else 'failed'}" if parity else ""))

@@ -24,13 +24,16 @@ from llama_mobile.cli.common import FilePath, Finite, Text, quiet_libraries, say
 @click.option("--raw", is_flag=True, help="send the prompt as is, without the bundle's chat template "
               "(special tokens written in it are parsed)")
 @click.option("--json", "as_json", is_flag=True, help="print text and speed as JSON instead of streaming")
-def generate(bundle, prompt, messages_file, tools_file, max_new_tokens, temperature, raw, as_json):
+@click.option("--adapter", default=None, metavar="NAME",
+              help="run the bundle's LoRA adapter NAME (export --adapter) over the same base weights")
+def generate(bundle, prompt, messages_file, tools_file, max_new_tokens, temperature, raw, as_json, adapter):
     """Stream a reply from a bundle through ExecuTorch's TextLLMRunner.
 
     \b
     Examples:
       llama-mobile generate out/smollm2-135m-instruct-8da4w-mixed-gptq-xnnpack --prompt "Name three planets."
       llama-mobile generate BUNDLE --messages conversation.json --tools tools.json --json
+      llama-mobile generate BUNDLE --adapter support --prompt "My order has not arrived."
     """
     quiet_libraries()
     from llama_mobile.core.bundle import verify_bundle
@@ -43,7 +46,8 @@ def generate(bundle, prompt, messages_file, tools_file, max_new_tokens, temperat
     if raw and (messages_file or tools_file):
         raise UsageError("--raw sends one prompt as is", fix="drop --raw with --messages or --tools")
     if messages_file or tools_file:
-        return _generate_conversation(bundle, prompt, messages_file, tools_file, max_new_tokens, temperature, as_json)
+        return _generate_conversation(bundle, prompt, messages_file, tools_file, max_new_tokens, temperature, as_json,
+                                      adapter)
     verified = verify_bundle(bundle)
     # The message cannot write control tokens (<|im_end|>, <|eot_id|>...); --raw sends the caller's text as is.
     text = prompt if raw else chat_prompt(verified.chat_template, prompt)
@@ -55,7 +59,7 @@ def generate(bundle, prompt, messages_file, tools_file, max_new_tokens, temperat
     # An attention-sink program runs past its cache; the runner then bounds one call's new tokens by the cache.
     sliding = verified.manifest.runtime.attention_sink is not None
     max_new_tokens = min(max_new_tokens, context if sliding else context - n_prompt)
-    runner = Runner.of(verified)
+    runner = Runner.of(verified, adapter)
     stream = None if as_json else (lambda piece: click.echo(piece, nl=False))
     result = runner.generate(text, max_new_tokens=max_new_tokens, temperature=temperature, on_text=stream,
                              hide=verified.stop_names)
@@ -71,7 +75,8 @@ def generate(bundle, prompt, messages_file, tools_file, max_new_tokens, temperat
 
 
 
-def _generate_conversation(bundle, prompt, messages_file, tools_file, max_new_tokens, temperature, as_json):
+def _generate_conversation(bundle, prompt, messages_file, tools_file, max_new_tokens, temperature, as_json,
+                           adapter=None):
     """One reply to a whole conversation (and tools): the chat core's rendering and context policy."""
     from llama_mobile.cli.chat import open_conversation, read_json_file
     from llama_mobile.core.bundle import verify_bundle
@@ -90,7 +95,7 @@ def _generate_conversation(bundle, prompt, messages_file, tools_file, max_new_to
 
         raise ConfigError("the conversation ends with an assistant message: nothing to reply to",
                           path=messages_file, fix="end it with a user or tool message")
-    conversation = open_conversation(verified, "runner", None)
+    conversation = open_conversation(verified, "runner", None, adapter)
     conversation.load(prepared)
     stream = None if as_json else (lambda piece: click.echo(piece, nl=False))
     reply = conversation.reply(max_new_tokens=max_new_tokens, temperature=temperature, on_text=stream)

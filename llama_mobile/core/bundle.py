@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from llama_mobile.core.errors import BundleError
+from llama_mobile.core.errors import BundleError, UsageError
 from llama_mobile.core.manifest import MANIFEST_NAME, FileEntry, Manifest, read_manifest
 from llama_mobile.core.presets import ChatTemplate
 
@@ -28,6 +28,15 @@ class Bundle:
     def weights(self) -> Path | None:
         name = self.manifest.runtime.weights
         return self.path / name if name else None
+
+    def adapter_program(self, name: str) -> Path:
+        """The program of LoRA adapter ``name`` (it reads the same weights file as the base program)."""
+        entry = self.manifest.adapter(name)
+        if entry is None:
+            names = [a["name"] for a in self.manifest.adapters or ()]
+            raise UsageError(f"the bundle has no adapter {name!r}", path=self.path,
+                             fix=f"use one of: {', '.join(names)}" if names else "export with --adapter NAME=PATH")
+        return self.path / entry["program"]
 
     @property
     def tokenizer(self) -> Path:
@@ -85,10 +94,15 @@ def verify_bundle(path: Path) -> Bundle:
     where = path / MANIFEST_NAME
     roles = {"runtime.program": manifest.runtime.program, "runtime.weights": manifest.runtime.weights,
              "tokenizer.file": manifest.tokenizer.file}
-    for role, name in roles.items():
+    adapters = {f"adapters[{a['name']}].program": a["program"] for a in manifest.adapters or ()}
+    if len(adapters) != len(manifest.adapters or ()):
+        raise BundleError("the manifest lists an adapter name twice", path=where, fix="re-export the bundle")
+    if adapters and manifest.runtime.weights is None:
+        raise BundleError("the manifest lists adapters but no base weights file", path=where, fix="re-export the bundle")
+    for role, name in {**roles, **adapters}.items():
         if name is None:
             continue
-        if not plain_name(name):
+        if not (plain_name(name) if role in roles else inside(name)):
             raise BundleError(f"{role} {name!r} is not a plain file name inside the bundle", path=where,
                               fix="re-export the bundle; a manifest may not point outside its folder")
         if name not in manifest.files:

@@ -135,8 +135,13 @@ class Manifest:
     parity: dict[str, Any] | None = None
     guard: dict[str, Any] | None = None  # the Guard prompt format, for Guard bundles
     device: dict[str, Any] | None = None  # the device preset and its plan, with --device
+    # LoRA adapters: each a program (under adapters/) over the base weights file, with its gate result
+    adapters: list[dict[str, Any]] | None = None
     created: str | None = None
     schema_version: int = SCHEMA_VERSION
+
+    def adapter(self, name: str) -> dict[str, Any] | None:
+        return next((a for a in self.adapters or () if a["name"] == name), None)
 
     @property
     def size_bytes(self) -> int:
@@ -178,6 +183,7 @@ class Manifest:
             "parity": self.parity,
             **({"guard": self.guard} if self.guard is not None else {}),
             **({"device": self.device} if self.device is not None else {}),
+            **({"adapters": self.adapters} if self.adapters is not None else {}),
             "files": {name: dataclasses.asdict(entry) for name, entry in self.files.items()},
         }
         if self.created is None:
@@ -204,6 +210,7 @@ class Manifest:
             parity=data.get("parity"),
             guard=data.get("guard"),
             device=data.get("device"),
+            adapters=data.get("adapters"),
             created=data.get("created"),
             schema_version=data["schema_version"],
         )

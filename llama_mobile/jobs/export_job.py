@@ -29,6 +29,7 @@ from llama_mobile.core.presets import ModelPreset
 from llama_mobile.core.progress import Progress
 from llama_mobile.core.targets import Target
 from llama_mobile.core.tokenizer import Tokenizer, check_vocab, tokenizer_kind
+from llama_mobile.export.adapters import Adapter
 from llama_mobile.export.backends import get_backend
 from llama_mobile.export.backends.base import Backend, Extras
 from llama_mobile.export.bundle import (
@@ -48,6 +49,14 @@ from llama_mobile.export.model import TORCH_DTYPES, build_model, load_custom_ops
 from llama_mobile.export.prequantized import describe as describe_quantization
 from llama_mobile.export.rotation import Rotation, hadamard_sizes_supported
 from llama_mobile.export.stream_build import fill_streaming
+from llama_mobile.jobs.adapter_export import (
+    AdapterProgram,
+    adapter_entries,
+    gate_adapters,
+    lower_adapters,
+    read_adapters,
+    write_adapter_programs,
+)
 from llama_mobile.jobs.base import Job
 from llama_mobile.jobs.export_request import (
     ExportRequest,
@@ -93,6 +102,7 @@ class Loaded:
     tokenizer: Tokenizer
     context: int
     fitted: Plan | None
+    adapters: list[Adapter] = field(default_factory=list)
 
     @property
     def arch(self) -> Architecture:
@@ -107,6 +117,7 @@ class Built:
     torchao_configs: dict
     pt2e_record: dict
     calibration_record: dict = field(default_factory=dict)
+    adapter_programs: list[AdapterProgram] = field(default_factory=list)
 
 
 class ExportJob(Job):
@@ -172,9 +183,11 @@ class ExportJob(Job):
             context = fitted.context
             for note in fitted.notes:
                 self.progress.note(note)
+        adapters = read_adapters(request.adapters, arch, bool(model.prequantized))
         self.progress.note(f"{model.preset}: {arch.n_layers} blocks, dim {arch.dim}, "
-                           f"{arch.param_count() / 1e6:.0f}M parameters, context {context}")
-        return Loaded(model, tokenizer, context, fitted)
+                           f"{arch.param_count() / 1e6:.0f}M parameters, context {context}"
+                           + (f", {len(adapters)} LoRA adapters" if adapters else ""))
+        return Loaded(model, tokenizer, context, fitted, adapters)
 
     def _kept_quantization(self, checked: Checked, model: LoadedModel) -> Recipe:
         """The recipe for a checkpoint whose weights come quantized: "as-published" (its own integers and
@@ -287,9 +300,13 @@ class ExportJob(Job):
         metadata.update(checked.backend.runner_metadata)
         # A tied embedding/output pair is stored once only through ExecuTorch's external weights file.
         apple = request.device is not None and get_device(request.device).vendor == "Apple"
-        external_weights = (checked.backend.external_weights and arch.tied_embeddings
+        external_weights = (checked.backend.external_weights and (arch.tied_embeddings or bool(loaded.adapters))
                             and not (request.single_file or apple))
         lowered = lower(built.model, target, metadata, max_seq_len, external_weights=external_weights)
+        built.adapter_programs = lower_adapters(
+            built.model, loaded.adapters, lowered, note=self.progress.note,
+            lower_one=lambda keep: lower(built.model, target, metadata, max_seq_len, external_weights=True,
+                                         keep_inside=keep))
         if not (request.validate and keeps_eager_model(checked.backend.parity_method(target))):
             built.model = None  # the program holds the weights now
         self.progress.note(f"{lowered.delegated_calls} delegated calls; outside delegates: "
@@ -306,11 +323,21 @@ class ExportJob(Job):
                                                   keep=request.formats)
             if extras is not None and "summary" in extras.record:
                 self.progress.note(extras.record["summary"])
+            write_adapter_programs(staging, built.adapter_programs)
             parity = self._gate(checked, built, lowered, staging, extras) if request.validate else None
+            adapters = gate_adapters(built.adapter_programs, model=request.model, checkpoint=request.checkpoint,
+                                     context=loaded.context, token_ids=built.token_ids, weights=staging / WEIGHTS_NAME,
+                                     staging=staging, thresholds=dataclasses.asdict(recipe.thresholds),
+                                     note=self.progress.note) if request.validate \
+                else adapter_entries(built.adapter_programs)
+            failed = [f"adapter {a['name']}: " + "; ".join(a["parity"]["failures"]) for a in adapters
+                      if a["parity"] is not None and not a["parity"]["passed"]]
+            if failed and parity is not None:
+                parity = {**parity, "passed": False, "failures": [*parity["failures"], *failed]}
             if extras is not None and extras.temporary is not None:  # extracted for the checks only
                 shutil.rmtree(extras.temporary)
             manifest = write_manifest(staging, self._manifest(checked, loaded, built, lowered, tokenizer_file,
-                                                              extras, parity))
+                                                              extras, parity, adapters))
             if parity is not None and not parity["passed"]:
                 rejected = final.with_name(final.name + ".rejected")
                 shutil.rmtree(rejected, ignore_errors=True)
@@ -336,7 +363,8 @@ class ExportJob(Job):
         return parity
 
     def _manifest(self, checked: Checked, loaded: Loaded, built: Built, lowered: LoweredProgram,
-                  tokenizer_file: Path, extras: Extras | None, parity: dict | None) -> Manifest:
+                  tokenizer_file: Path, extras: Extras | None, parity: dict | None,
+                  adapters: list[dict]) -> Manifest:
         request, recipe, target, model, arch = self.request, checked.recipe, checked.target, loaded.model, loaded.arch
         metadata = lowered.metadata
         max_seq_len = metadata["get_max_seq_len"]
@@ -373,6 +401,7 @@ class ExportJob(Job):
             guard=guard_template_for_manifest() if model.task == "guard" else None,
             device={**get_device(request.device).to_dict(), "plan": loaded.fitted.to_dict()}
             if request.device else None,
+            adapters=adapters or None,
         )
 
 

@@ -52,6 +52,8 @@ class ExportRequest:
     # (sink_size, window): a ring KV cache with attention sinks (export/model.py CachePositionsWithSink) of
     # sink + 2 x window positions, which the program runs past; the context is then that cache.
     attention_sink: tuple[int, int] | None = None
+    # LoRA adapters (name, PEFT folder): one small program each over the shared base weights file
+    adapters: tuple[tuple[str, Path], ...] = ()
 
     @property
     def sink(self) -> AttentionSink | None:
@@ -103,6 +105,8 @@ def check_request(request: ExportRequest):
                          "custom quantized SDPA", fix="use --target xnnpack, or drop kv_cache = \"int8\"")
     if request.attention_sink is not None:
         check_attention_sink(request, recipe, target, backend)
+    if request.adapters:
+        check_adapters(request, recipe, target, backend)
     if recipe.kv_cache == "int8" and recipe.dtype != "fp32":
         raise UsageError(f"an int8 KV cache is attended in float32; recipe {recipe.name!r} computes in {recipe.dtype}",
                          fix="use an fp32 recipe with --kv-cache int8")
@@ -128,6 +132,28 @@ def check_request(request: ExportRequest):
     if request.name is not None:  # now, not after the lowering; a default name is known once loaded
         bundle_folder(request.output_dir, request.name, {"checkpoint": request.checkpoint})
     return preset, recipe, target
+
+
+def check_adapters(request: ExportRequest, recipe: Recipe, target: Target, backend: Backend) -> None:
+    """What an export with LoRA adapters needs, before any weight is read: a target whose programs read a
+    shared weights file, unrotated weights, distinct names and readable adapter folders."""
+    names = [name for name, _ in request.adapters]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"--adapter {repeated[0]} is given twice", fix="give every adapter its own name")
+    if not backend.external_weights or request.single_file:
+        why = "--single-file" if request.single_file else f"target {target.name}"
+        raise UsageError(f"{why} keeps the weights inside each program; adapters share one base weights file",
+                         fix="export adapters with --target xnnpack and without --single-file")
+    if recipe.rotation is not None or recipe.pt2e is not None:
+        raise UsageError(f"recipe {recipe.name!r} rewrites the base weights (rotation or a whole-graph quantizer), "
+                         "which an adapter trained on the original weights does not fit",
+                         fix="use a recipe without [rotation]/[pt2e], e.g. the default 8da4w-mixed-gptq")
+    for name, path in request.adapters:
+        if not Path(path).exists():
+            raise UsageError(f"adapter {name}: not found", path=path,
+                             fix="pass NAME=FOLDER with the folder PEFT wrote (adapter_config.json and "
+                                 "adapter_model.safetensors)")
 
 
 def check_attention_sink(request: ExportRequest, recipe: Recipe, target: Target, backend: Backend) -> None:

@@ -18,6 +18,17 @@ public struct VerifiedBundle {
     public var tokenizerPath: String { directory.appendingPathComponent(manifest.tokenizer.file).path }
     /// ExecuTorch's external weights file (model.ptd), the runtime's data path; nil when the program holds them.
     public var weightsPath: String? { manifest.runtime.weights.map { directory.appendingPathComponent($0).path } }
+    public var adapterNames: [String] { manifest.adapters.map { $0.name } }
+
+    /// The program of LoRA adapter `name`; open it with `weightsPath` as the data path, like the base program.
+    public func adapterProgramPath(_ name: String) throws -> String {
+        guard let adapter = manifest.adapter(name) else {
+            let names = adapterNames
+            throw BundleError(description: "the bundle has no adapter \"\(name)\""
+                + (names.isEmpty ? " (it has none)" : "; use one of: \(names.joined(separator: ", "))"))
+        }
+        return directory.appendingPathComponent(adapter.program).path
+    }
 
     /// Reads and checks everything; throws BundleError or ManifestError naming the first problem.
     public static func open(_ directory: URL) throws -> VerifiedBundle {
@@ -32,6 +43,10 @@ public struct VerifiedBundle {
         }
         if let weights = manifest.runtime.weights, manifest.files[weights] == nil {
             throw BundleError(description: "runtime.weights names \(weights), which the manifest's files do not list")
+        }
+        for adapter in manifest.adapters where manifest.files[adapter.program] == nil {
+            throw BundleError(description: "adapters[\(adapter.name)].program names \(adapter.program), "
+                + "which the manifest's files do not list")
         }
         for name in manifest.files.keys.sorted() {
             let entry = manifest.files[name]!

@@ -40,6 +40,15 @@ public struct Manifest: Decodable {
         }
     }
     public struct Tokenizer: Decodable { public let file: String; public let kind: String }
+    /// A LoRA adapter (export --adapter NAME=PATH): its own small program under adapters/ that reads the same external
+    /// weights file as the base program. Switching adapters opens a module on `program` with the bundle's weightsPath.
+    public struct Adapter: Decodable, Equatable {
+        public let name: String
+        public let program: String
+        public let rank: Int
+        public let scale: Double
+        public let targets: [String]
+    }
     public struct SpecialTokens: Decodable {
         public let bosId: Int
         public let eosIds: [Int]
@@ -53,10 +62,32 @@ public struct Manifest: Decodable {
     public let specialTokens: SpecialTokens
     public let promptTemplate: ChatTemplate
     public let files: [String: FileEntry]
+    let adapterList: [Adapter]?
+    /// The "adapters" list; empty in bundles without adapters.
+    public var adapters: [Adapter] { adapterList ?? [] }
 
     enum CodingKeys: String, CodingKey {
         case schemaVersion = "schema_version", model, runtime, tokenizer
         case specialTokens = "special_tokens", promptTemplate = "prompt_template", files
+        case adapterList = "adapters"
+    }
+
+    public func adapter(_ name: String) -> Adapter? { adapters.first { $0.name == name } }
+
+    /// ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$ (the schema's adapter name), on ASCII bytes.
+    public static func isAdapterName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        func alphanumeric(_ b: UInt8) -> Bool { (48...57).contains(b) || (65...90).contains(b) || (97...122).contains(b) }
+        guard let first = bytes.first, alphanumeric(first), bytes.count <= 64 else { return false }
+        return bytes.allSatisfy { alphanumeric($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }
+    }
+
+    /// ^adapters/[A-Za-z0-9][A-Za-z0-9_-]{0,63}[.]pte$ (the schema's adapter program): inside adapters/, no '..'.
+    public static func isAdapterProgram(_ program: String) -> Bool {
+        let bytes = Array(program.utf8), head = Array("adapters/".utf8), tail = Array(".pte".utf8)
+        guard bytes.count > head.count + tail.count, bytes.starts(with: head), bytes.suffix(tail.count).elementsEqual(tail)
+        else { return false }
+        return isAdapterName(String(decoding: bytes[head.count..<(bytes.count - tail.count)], as: UTF8.self))
     }
 
     public static func parse(_ data: Data) throws -> Manifest {
@@ -83,6 +114,7 @@ public struct Manifest: Decodable {
         for key in required where top[key] == nil {
             throw ManifestError(kind: "missing:\(key)", description: "manifest lacks \"\(key)\"")
         }
+        if top["adapters"] is NSNull { throw ManifestError(kind: "field", description: "adapters must be an array") }
         let manifest: Manifest
         do {
             manifest = try JSONDecoder().decode(Manifest.self, from: data)
@@ -103,6 +135,21 @@ public struct Manifest: Decodable {
             let hex = entry.sha256.unicodeScalars.allSatisfy { ("0"..."9").contains($0) || ("a"..."f").contains($0) }
             guard entry.sha256.unicodeScalars.count == 64, hex else { throw fail("files[\(name)].sha256 must be 64 hex digits") }
             guard entry.size >= 0 else { throw fail("files[\(name)].size must not be negative") }
+        }
+        for adapter in adapters {
+            let name = adapter.name
+            guard Manifest.isAdapterName(name) else { throw fail("adapter name \"\(name)\" must be 1-64 letters, digits, '-' or '_'") }
+            guard Manifest.isAdapterProgram(adapter.program) else {
+                throw fail("adapters[\(name)].program \"\(adapter.program)\" must be adapters/<name>.pte")
+            }
+            guard adapter.rank >= 1 else { throw fail("adapters[\(name)].rank must be at least 1") }
+        }
+        var seen = Set<String>()
+        for adapter in adapters {
+            guard seen.insert(adapter.name).inserted else { throw fail("adapter name \"\(adapter.name)\" is listed twice") }
+        }
+        guard adapters.isEmpty || runtime.weights != nil else {
+            throw fail("the manifest lists adapters but no base weights file (runtime.weights)")
         }
     }
 }

@@ -143,8 +143,13 @@ final class VectorTests: XCTestCase {
 
     /// A fresh copy of the bundle_weights vector, damaged by `damage`; the error VerifiedBundle.open throws.
     func openDamagedWeightsBundle(_ damage: (URL) throws -> Void) throws -> Error? {
+        try openDamagedBundle("bundle_weights", damage)
+    }
+
+    /// A fresh copy of the vector bundle `source`, damaged by `damage`; the error VerifiedBundle.open throws.
+    func openDamagedBundle(_ source: String, _ damage: (URL) throws -> Void) throws -> Error? {
         let copy = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString)
-        try FileManager.default.copyItem(at: Self.vectors.appendingPathComponent("bundle_weights"), to: copy)
+        try FileManager.default.copyItem(at: Self.vectors.appendingPathComponent(source), to: copy)
         defer { try? FileManager.default.removeItem(at: copy) }
         _ = try VerifiedBundle.open(copy)  // the intact copy passes
         try damage(copy)
@@ -191,6 +196,95 @@ final class VectorTests: XCTestCase {
         XCTAssertThrowsError(try Manifest.parse(Data(asNumber.utf8))) {
             XCTAssertEqual(($0 as? ManifestError)?.kind, "field")
         }
+    }
+
+    func testBundleWithAdaptersVerifiesAndResolvesTheirPrograms() throws {
+        let source = Self.vectors.appendingPathComponent("bundle_adapters")
+        let bundle = try VerifiedBundle.open(source)
+        XCTAssertEqual(bundle.adapterNames, ["support", "sql"])
+        XCTAssertEqual(bundle.manifest.adapters.first, Manifest.Adapter(name: "support", program: "adapters/support.pte",
+                                                                        rank: 16, scale: 2.0,
+                                                                        targets: ["attention.wq", "attention.wv"]))
+        XCTAssertEqual(try bundle.adapterProgramPath("sql"), source.appendingPathComponent("adapters/sql.pte").path)
+        XCTAssertEqual(bundle.weightsPath, source.appendingPathComponent("model.ptd").path)  // every adapter reads it
+        XCTAssertThrowsError(try bundle.adapterProgramPath("legal")) {
+            XCTAssertTrue($0 is BundleError)
+            XCTAssertTrue("\($0)".hasSuffix("use one of: support, sql"), "\($0)")
+        }
+    }
+
+    func testManifestsWithoutAdaptersHaveNone() throws {
+        for name in ["chat_smollm2.json", "chat_smollm2_weights.json", "guard_llama_guard_3_1b.json"] {
+            let data = try Data(contentsOf: Self.vectors.appendingPathComponent("manifests/\(name)"))
+            XCTAssertEqual(try Manifest.parse(data).adapters, [], name)
+        }
+        let bundle = try VerifiedBundle.open(Self.vectors.appendingPathComponent("bundle_weights"))
+        XCTAssertEqual(bundle.adapterNames, [])
+        XCTAssertThrowsError(try bundle.adapterProgramPath("support")) { XCTAssertTrue($0 is BundleError) }
+    }
+
+    func testTamperedMissingOrUnlistedAdapterProgramsAreRefused() throws {
+        let corrupt = try XCTUnwrap(try openDamagedBundle("bundle_adapters") { dir in
+            let url = dir.appendingPathComponent("adapters/support.pte")
+            let text = try String(contentsOf: url, encoding: .utf8)
+            try Data(text.uppercased().utf8).write(to: url)
+        })
+        XCTAssertTrue("\(corrupt)".contains("adapters/support.pte does not match its SHA-256"), "\(corrupt)")
+        let missing = try XCTUnwrap(try openDamagedBundle("bundle_adapters") { dir in
+            try FileManager.default.removeItem(at: dir.appendingPathComponent("adapters/sql.pte"))
+        })
+        XCTAssertTrue("\(missing)".contains("adapters/sql.pte is missing"), "\(missing)")
+        // The adapter still names adapters/sql.pte, but files lists (and hashes) it under another name.
+        let unlisted = try XCTUnwrap(try openDamagedBundle("bundle_adapters") { dir in
+            try FileManager.default.moveItem(at: dir.appendingPathComponent("adapters/sql.pte"),
+                                             to: dir.appendingPathComponent("adapters/sql2.pte"))
+            let url = dir.appendingPathComponent("manifest.json")
+            let text = try String(contentsOf: url, encoding: .utf8)
+            XCTAssertTrue(text.contains("\"adapters/sql.pte\": {"))
+            try Data(text.replacingOccurrences(of: "\"adapters/sql.pte\": {", with: "\"adapters/sql2.pte\": {").utf8)
+                .write(to: url)
+        })
+        XCTAssertTrue(unlisted is BundleError)
+        XCTAssertTrue("\(unlisted)".contains("adapters[sql].program names adapters/sql.pte"), "\(unlisted)")
+    }
+
+    func testInvalidAdaptersAreManifestErrors() throws {
+        let text = try String(contentsOf: Self.vectors.appendingPathComponent("bundle_adapters/manifest.json"),
+                              encoding: .utf8)
+        let sql = "\"program\": \"adapters/sql.pte\""
+        let damages: [(String, String)] = [
+            (sql, "\"program\": \"adapters/../model.pte\""),
+            (sql, "\"program\": \"model.pte\""),
+            (sql, "\"program\": \"/adapters/sql.pte\""),
+            (sql, "\"program\": \"adapters/sql.ptd\""),
+            ("\"name\": \"sql\"", "\"name\": \"s q l\""),
+            ("\"name\": \"sql\"", "\"name\": \"-sql\""),
+            ("\"name\": \"sql\"", "\"name\": \"support\""),
+            ("\"rank\": 8", "\"rank\": 0"),
+            ("\"scale\": 1.0", "\"scale\": \"1.0\""),
+            ("\"weights\": \"model.ptd\"", "\"weights\": null"),
+            ("\"adapters\": [", "\"adapters\": null, \"unused\": ["),
+        ]
+        for (old, new) in damages {
+            XCTAssertTrue(text.contains(old), old)
+            XCTAssertThrowsError(try Manifest.parse(Data(text.replacingOccurrences(of: old, with: new).utf8)), new) {
+                XCTAssertEqual(($0 as? ManifestError)?.kind, "field", new)
+            }
+        }
+        let none = text.replacingOccurrences(of: "\"adapters\": [", with: "\"adapters\": [], \"unused\": [")
+            .replacingOccurrences(of: "\"weights\": \"model.ptd\"", with: "\"weights\": null")
+        XCTAssertEqual(try Manifest.parse(Data(none.utf8)).adapters, [])
+    }
+
+    func testEscapingAdapterProgramIsRefusedBeforeAnyFileIsOpened() throws {
+        let error = try XCTUnwrap(try openDamagedBundle("bundle_adapters") { dir in
+            let url = dir.appendingPathComponent("manifest.json")
+            let text = try String(contentsOf: url, encoding: .utf8)
+            try Data(text.replacingOccurrences(of: "\"program\": \"adapters/sql.pte\"",
+                                               with: "\"program\": \"adapters/../model.pte\"").utf8).write(to: url)
+        })
+        XCTAssertEqual((error as? ManifestError)?.kind, "field")
+        XCTAssertTrue("\(error)".contains("adapters/../model.pte"), "\(error)")
     }
 
     func testTokenClock() {

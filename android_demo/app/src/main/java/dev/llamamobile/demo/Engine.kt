@@ -13,8 +13,12 @@ import org.pytorch.executorch.extension.llm.LlmModule
  */
 class Engine(val bundle: Bundle) {
     private val worker = Executors.newSingleThreadExecutor()
-    private val module = openModule(bundle)
+    @Volatile private var module = openModule(bundle, bundle.programPath)
     private val clock = TokenClock()
+
+    /** The LoRA adapter last asked for with [useAdapter]; null: the base program. */
+    var adapter: String? = null
+        private set
 
     interface Listener {
         fun onToken(text: String)
@@ -22,6 +26,21 @@ class Engine(val bundle: Bundle) {
     }
 
     fun load(done: (Int) -> Unit) = worker.execute { done(module.load()) }
+
+    /**
+     * Switches to LoRA adapter [name] (null: the base program): a new LlmModule on the adapter's program with the
+     * same weights file, so nothing is copied. Runs after any generation in progress; the new module starts with an
+     * empty KV cache. [done] gets load()'s status. An unknown [name] throws here, before the current module closes.
+     */
+    fun useAdapter(name: String?, done: (Int) -> Unit) {
+        val program = if (name == null) bundle.programPath else bundle.adapterProgramPath(name)
+        adapter = name
+        worker.execute {
+            module.resetNative()
+            module = openModule(bundle, program)
+            done(module.load())
+        }
+    }
 
     /**
      * [prompt] is already fully formatted (template text with special tokens written out). With [resetFirst] false
@@ -60,17 +79,18 @@ class Engine(val bundle: Bundle) {
 
         /**
          * A bundle with runtime.weights keeps its weights in model.ptd beside model.pte (ExecuTorch
-         * program-data separation); LlmModule loads it as its data path. The constructor
+         * program-data separation); LlmModule loads it as its data path, for the base [program] and for every
+         * adapter's (a bundle with adapters always has runtime.weights). The constructor
          * LlmModule(String modulePath, String tokenizerPath, float temperature, String dataPath) exists from
          * ExecuTorch 0.6 (pre-1.0 LlmModule.java) and is unchanged on main after 1.5.1. There it passes
          * List.of(dataPath) on, which throws on null, so a bundle without weights takes the 3-argument one.
          */
-        fun openModule(bundle: Bundle): LlmModule {
+        fun openModule(bundle: Bundle, program: String): LlmModule {
             val weights = bundle.weightsPath
             return if (weights != null) {
-                LlmModule(bundle.programPath, bundle.tokenizerPath, TEMPERATURE, weights)
+                LlmModule(program, bundle.tokenizerPath, TEMPERATURE, weights)
             } else {
-                LlmModule(bundle.programPath, bundle.tokenizerPath, TEMPERATURE)
+                LlmModule(program, bundle.tokenizerPath, TEMPERATURE)
             }
         }
     }

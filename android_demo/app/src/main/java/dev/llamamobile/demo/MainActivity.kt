@@ -58,7 +58,8 @@ class MainActivity : Activity() {
 
         chatInput = EditText(this).apply { hint = "Message" }
         chatOutput = TextView(this).apply { setTextIsSelectable(true) }
-        chatScreen = column(chatInput, row(button("Send") { sendChat() }, button("Stop") { engine?.stop() }), chatOutput)
+        chatScreen = column(chatInput, row(button("Send") { sendChat() }, button("Stop") { engine?.stop() },
+            button("Adapter") { nextAdapter() }), chatOutput)
 
         guardUser = EditText(this).apply { hint = "User message" }
         guardAgent = EditText(this).apply { hint = "Assistant reply (optional: then the reply is checked)" }
@@ -98,6 +99,21 @@ class MainActivity : Activity() {
                 main.post { status.text = "Bundle refused: ${e.message}" }
             }
         }.start()
+    }
+
+    /** Cycles base -> each LoRA adapter -> base on the same weights file; the conversation starts again. */
+    private fun nextAdapter() {
+        val current = engine ?: return run { status.text = "Load a bundle first" }
+        val choices = listOf<String?>(null) + current.bundle.adapterNames
+        if (choices.size == 1) return run { status.text = "This bundle has no adapters" }
+        val next = choices[(choices.indexOf(current.adapter) + 1) % choices.size]
+        sessionEngine = null  // the new module's runner starts empty
+        status.text = "Loading ${next ?: "the base model"}…"
+        current.useAdapter(next) { code ->
+            main.post {
+                status.text = if (code == 0) "Adapter: ${next ?: "none (base model)"}" else "ExecuTorch load failed with error $code"
+            }
+        }
     }
 
     private fun sendChat() {

@@ -12,6 +12,14 @@ data class Bundle(val dir: File, val manifest: Manifest) {
     val tokenizerPath: String get() = File(dir, manifest.tokenizerFile).path
     /** ExecuTorch's external weights file (model.ptd), to pass as the data path; null when the program holds them. */
     val weightsPath: String? get() = manifest.weights?.let { File(dir, it).path }
+    val adapterNames: List<String> get() = manifest.adapters.map { it.name }
+
+    /** The program of LoRA adapter [name]; open it with [weightsPath] as the data path, like the base program. */
+    fun adapterProgramPath(name: String): String {
+        val adapter = manifest.adapter(name) ?: throw BundleException("the bundle has no adapter \"$name\"" +
+            if (adapterNames.isEmpty()) " (it has none)" else "; use one of: ${adapterNames.joinToString(", ")}")
+        return File(dir, adapter.program).path
+    }
 
     companion object {
         const val MANIFEST_NAME = "manifest.json"
@@ -28,6 +36,12 @@ data class Bundle(val dir: File, val manifest: Manifest) {
             val weights = manifest.weights
             if (weights != null && !manifest.files.containsKey(weights)) {
                 throw BundleException("runtime.weights names $weights, which the manifest's files do not list")
+            }
+            for (adapter in manifest.adapters) {
+                if (!manifest.files.containsKey(adapter.program)) {
+                    throw BundleException("adapters[${adapter.name}].program names ${adapter.program}, " +
+                        "which the manifest's files do not list")
+                }
             }
             for ((name, entry) in manifest.files) {
                 if (name.startsWith("/") || name.split('/', '\\').contains("..")) {

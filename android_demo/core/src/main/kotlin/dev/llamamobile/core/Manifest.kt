@@ -15,6 +15,12 @@ data class FileEntry(val size: Long, val sha256: String)
  */
 data class AttentionSink(val sinkSize: Long, val windowSize: Long)
 
+/**
+ * A LoRA adapter (export --adapter NAME=PATH): its own small program under adapters/ that reads the same external
+ * weights file as the base program. Switching adapters opens a module on [program] with the bundle's weightsPath.
+ */
+data class Adapter(val name: String, val program: String, val rank: Long, val scale: Double, val targets: List<String>)
+
 data class Manifest(
     val schemaVersion: Long,
     val preset: String,
@@ -29,14 +35,19 @@ data class Manifest(
     val eosIds: List<Long>,
     val promptTemplate: ChatTemplate,
     val files: Map<String, FileEntry>,
-    val attentionSink: AttentionSink? = null
+    val attentionSink: AttentionSink? = null,
+    val adapters: List<Adapter> = emptyList()
 ) {
+    fun adapter(name: String): Adapter? = adapters.firstOrNull { it.name == name }
+
     companion object {
         const val FORMAT = "llama-mobile-bundle"
         val SUPPORTED_SCHEMA_VERSIONS = listOf(1L)
         val REQUIRED = listOf("format", "schema_version", "tool", "model", "recipe", "target", "runtime", "tokenizer",
             "special_tokens", "prompt_template", "files")
         private val SHA256_HEX = Regex("[0-9a-f]{64}")
+        val ADAPTER_NAME = Regex("[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+        val ADAPTER_PROGRAM = Regex("adapters/[A-Za-z0-9][A-Za-z0-9_-]{0,63}[.]pte")
 
         fun parse(text: String): Manifest {
             val root = try {
@@ -101,8 +112,40 @@ data class Manifest(
                 eosIds = eos,
                 promptTemplate = ChatTemplate.fromJson(root.obj("prompt_template")),
                 files = files,
-                attentionSink = sink
+                attentionSink = sink,
+                adapters = adapters(root, weights as String?)
             )
+        }
+
+        /** The "adapters" list (absent in bundles without adapters); each reads runtime.weights, so that must exist. */
+        private fun adapters(root: Map<*, *>, weights: String?): List<Adapter> {
+            if (!root.containsKey("adapters")) return emptyList()
+            val adapters = root.list("adapters").mapIndexed { i, value ->
+                val o = value as? Map<*, *> ?: throw JsonException("adapters[$i] must be an object")
+                val name = o.str("name")
+                if (!ADAPTER_NAME.matches(name)) {
+                    throw JsonException("adapter name \"$name\" must be 1-64 letters, digits, '-' or '_'")
+                }
+                val program = o.str("program")
+                if (!ADAPTER_PROGRAM.matches(program)) {
+                    throw JsonException("adapters[$name].program \"$program\" must be adapters/<name>.pte")
+                }
+                val rank = o.long("rank")
+                if (rank < 1) throw JsonException("adapters[$name].rank must be at least 1")
+                val scale = o["scale"] as? Number ?: throw JsonException("adapters[$name].scale must be a number")
+                val targets = o.list("targets").map {
+                    it as? String ?: throw JsonException("adapters[$name].targets must be strings")
+                }
+                Adapter(name, program, rank, scale.toDouble(), targets)
+            }
+            val seen = HashSet<String>()
+            for (adapter in adapters) {
+                if (!seen.add(adapter.name)) throw JsonException("adapter name \"${adapter.name}\" is listed twice")
+            }
+            if (adapters.isNotEmpty() && weights == null) {
+                throw JsonException("the manifest lists adapters but no base weights file (runtime.weights)")
+            }
+            return adapters
         }
     }
 }

@@ -113,7 +113,7 @@ class ManifestTest {
     private fun expectBundleError(source: String = "bundle", message: String? = null, damage: (File) -> Unit) {
         val dir = Files.createTempDirectory("bundle").toFile()
         try {
-            File(Vectors.dir, source).listFiles()!!.forEach { it.copyTo(File(dir, it.name)) }
+            File(Vectors.dir, source).listFiles()!!.forEach { it.copyRecursively(File(dir, it.name)) }
             Bundle.open(dir)  // intact copy passes
             damage(dir)
             try {
@@ -121,6 +121,101 @@ class ManifestTest {
                 fail("damaged bundle accepted")
             } catch (expected: BundleException) {
                 if (message != null) assertTrue("${expected.message}", expected.message!!.startsWith(message))
+            }
+        } finally {
+            dir.deleteRecursively()
+        }
+    }
+
+    @Test
+    fun bundleWithAdaptersVerifiesAndResolvesTheirPrograms() {
+        val dir = File(Vectors.dir, "bundle_adapters")
+        val bundle = Bundle.open(dir)
+        assertEquals(listOf("support", "sql"), bundle.adapterNames)
+        assertEquals(Adapter("support", "adapters/support.pte", 16, 2.0, listOf("attention.wq", "attention.wv")),
+            bundle.manifest.adapters[0])
+        assertEquals(File(File(dir, "adapters"), "sql.pte").path, bundle.adapterProgramPath("sql"))
+        assertEquals(File(dir, "model.ptd").path, bundle.weightsPath)  // every adapter reads the base weights
+        try {
+            bundle.adapterProgramPath("legal")
+            fail("unknown adapter accepted")
+        } catch (e: BundleException) {
+            assertTrue("${e.message}", e.message!!.endsWith("use one of: support, sql"))
+        }
+    }
+
+    @Test
+    fun manifestsWithoutAdaptersHaveNone() {
+        for (name in listOf("chat_smollm2.json", "chat_smollm2_weights.json", "guard_llama_guard_3_1b.json")) {
+            assertEquals(name, emptyList<Adapter>(), Manifest.parse(File(File(Vectors.dir, "manifests"), name).readText()).adapters)
+        }
+        val bundle = Bundle.open(File(Vectors.dir, "bundle_weights"))
+        assertEquals(emptyList<String>(), bundle.adapterNames)
+        try {
+            bundle.adapterProgramPath("support")
+            fail("adapter of a bundle without adapters accepted")
+        } catch (expected: BundleException) {
+        }
+    }
+
+    @Test
+    fun tamperedMissingOrUnlistedAdapterProgramsAreRefused() {
+        expectBundleError("bundle_adapters", "adapters/support.pte does not match its SHA-256") { dir ->
+            val file = File(dir, "adapters/support.pte")
+            file.writeText(file.readText().toUpperCase())
+        }
+        expectBundleError("bundle_adapters", "adapters/sql.pte is missing") { dir -> File(dir, "adapters/sql.pte").delete() }
+        expectBundleError("bundle_adapters", "adapters[sql].program names adapters/sql.pte") { dir ->
+            val manifest = File(dir, Bundle.MANIFEST_NAME)
+            val text = manifest.readText(Charsets.UTF_8)
+            assertTrue(text.contains("\"adapters/sql.pte\": {"))
+            manifest.writeText(text.replace("\"adapters/sql.pte\": {", "\"adapters/sql2.pte\": {"), Charsets.UTF_8)
+            File(dir, "adapters/sql.pte").renameTo(File(dir, "adapters/sql2.pte"))
+        }
+    }
+
+    @Test
+    fun invalidAdaptersAreManifestErrors() {
+        val text = File(File(Vectors.dir, "bundle_adapters"), Bundle.MANIFEST_NAME).readText(Charsets.UTF_8)
+        val sql = "\"program\": \"adapters/sql.pte\""
+        for ((old, new) in listOf(
+            sql to "\"program\": \"adapters/../model.pte\"",
+            sql to "\"program\": \"model.pte\"",
+            sql to "\"program\": \"/adapters/sql.pte\"",
+            sql to "\"program\": \"adapters/sql.ptd\"",
+            "\"name\": \"sql\"" to "\"name\": \"s q l\"",
+            "\"name\": \"sql\"" to "\"name\": \"-sql\"",
+            "\"name\": \"sql\"" to "\"name\": \"support\"",
+            "\"rank\": 8" to "\"rank\": 0",
+            "\"scale\": 1.0" to "\"scale\": \"1.0\"",
+            "\"weights\": \"model.ptd\"" to "\"weights\": null",
+            "\"adapters\": [" to "\"adapters\": null, \"unused\": ["
+        )) {
+            assertTrue(old, text.contains(old))
+            try {
+                Manifest.parse(text.replace(old, new))
+                fail("accepted $new")
+            } catch (e: ManifestException) {
+                assertEquals(new, "field", e.kind)
+            }
+        }
+        assertEquals(emptyList<Adapter>(), Manifest.parse(text.replace("\"adapters\": [", "\"adapters\": [], \"unused\": [")
+            .replace("\"weights\": \"model.ptd\"", "\"weights\": null")).adapters)
+    }
+
+    @Test
+    fun escapingAdapterProgramIsRefusedBeforeAnyFileIsOpened() {
+        val dir = Files.createTempDirectory("bundle").toFile()
+        try {
+            File(Vectors.dir, "bundle_adapters").listFiles()!!.forEach { it.copyRecursively(File(dir, it.name)) }
+            val manifest = File(dir, Bundle.MANIFEST_NAME)
+            manifest.writeText(manifest.readText(Charsets.UTF_8)
+                .replace("\"program\": \"adapters/sql.pte\"", "\"program\": \"adapters/../model.pte\""), Charsets.UTF_8)
+            try {
+                Bundle.open(dir)
+                fail("escaping adapter program accepted")
+            } catch (e: ManifestException) {
+                assertTrue("${e.message}", e.message!!.contains("adapters/../model.pte"))
             }
         } finally {
             dir.deleteRecursively()
