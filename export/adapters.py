@@ -4,11 +4,10 @@ model, and attached to it as low-rank branches that a program holds beside the s
 An adapter of rank r adds ``scale * B (A x)`` to a linear's output, A [r, in] and B [out, r], with
 scale = lora_alpha / r (lora_alpha / sqrt(r) with rsLoRA). Hugging Face's q/k row order differs from the
 Meta layout this project's model uses (RoPE), so B's rows of q_proj/k_proj are permuted like the weights.
-Every check runs before any export work: names, shapes, rank, finite values.
+Every check runs before any export work: names, shapes, rank, finite values. quantize/lora.py attaches them.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -16,10 +15,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from torch import nn
 
 from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.errors import CheckpointError, UsageError
+from llama_mobile.core.hashing import sha256_file
 from llama_mobile.export.config_fields import read_json_object
 from llama_mobile.export.hf_loader import hf_to_meta_rope
 from llama_mobile.export.model import expected_shapes
@@ -29,7 +28,6 @@ from llama_mobile.export.tensor_names import BLOCK, MODEL_TENSOR
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-LORA_TAG = "lora"  # in the name of every adapter parameter: the program keeps them, the base file does not
 
 # PEFT's target module name (the Hugging Face linear's last name) -> this model's block linear.
 LINEAR_KINDS = (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K, MODEL_TENSOR.ATTN_V, MODEL_TENSOR.ATTN_OUT,
@@ -113,14 +111,6 @@ def _config(path: Path) -> tuple[int, float, bool, tuple[str, ...]]:
     return rank, float(alpha), bool(data.get("use_rslora", False)), names
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_adapter(name: str, path: Path, arch: Architecture) -> Adapter:
     """A PEFT LoRA adapter for ``arch``, checked whole: one-line errors for another architecture, a rank
     that is not the config's, a target module the base lacks, NaN or infinite weights."""
@@ -184,7 +174,7 @@ def read_adapter(name: str, path: Path, arch: Architecture) -> Adapter:
         pairs[linear] = (a.contiguous(), b.contiguous())
     scale = alpha / math.sqrt(rank) if rslora else alpha / rank
     return Adapter(name=name, path=weights_file, rank=rank, alpha=alpha, scale=scale, targets=targets,
-                   weights=pairs, sha256=_sha256(weights_file))
+                   weights=pairs, sha256=sha256_file(weights_file))
 
 
 BLOCK_GROUP = {meta: hf.split(".")[0] for meta, hf in (BLOCK[kind] for kind in LINEAR_KINDS)}
@@ -201,37 +191,3 @@ def merged(state_dict: dict[str, torch.Tensor], adapter: Adapter) -> dict[str, t
         key = f"{linear}.weight"
         out[key] = state_dict[key].to(torch.float32) + adapter.scale * (b @ a)
     return out
-
-
-class LoRALinear(nn.Module):
-    """A (quantized or float) base linear plus its adapter's low-rank branch, kept in float32."""
-
-    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float):
-        super().__init__()
-        self.base, self.scale = base, scale
-        self.lora_a = nn.Linear(a.shape[1], a.shape[0], bias=False)
-        self.lora_b = nn.Linear(b.shape[1], b.shape[0], bias=False)
-        self.lora_a.weight = nn.Parameter(a, requires_grad=False)
-        self.lora_b.weight = nn.Parameter(b, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora_b(self.lora_a(x)) * self.scale
-
-
-def attach(model: nn.Module, adapter: Adapter | None) -> None:
-    """Give every adapted linear of ``model`` the adapter's branch (replacing another adapter's); None
-    takes every branch off again."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            parent, child = _parent(model, name)
-            setattr(parent, child, module.base)
-    if adapter is None:
-        return
-    for linear, (a, b) in adapter.weights.items():
-        parent, child = _parent(model, linear)
-        setattr(parent, child, LoRALinear(getattr(parent, child), a, b, adapter.scale))
-
-
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    path, _, child = name.rpartition(".")
-    return model.get_submodule(path), child

@@ -25,6 +25,7 @@ from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor 
 
 from llama_mobile.core.errors import ExportError
 from llama_mobile.quantize.apply import torchao_config
+from llama_mobile.quantize.lora import LoraLinear
 from llama_mobile.quantize.recipe import LayerQuant, Override, Recipe, Thresholds
 
 AS_PUBLISHED = "as-published"  # the recipe name that means: the checkpoint's own quantization
@@ -128,21 +129,6 @@ class GroupLinear(nn.Module):
         if self.offset is not None:
             weight = weight + self.offset.weight.repeat_interleave(self.group_size, dim=1)
         return weight
-
-
-class LoraLinear(nn.Module):
-    """Meta's QAT+LoRA layer: the quantized linear plus its float adaptor, y = W x + scale * B (A x)."""
-
-    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float):
-        super().__init__()
-        self.base, self.scale = base, float(scale)
-        self.lora_a = nn.Linear(a.shape[1], a.shape[0], bias=False)
-        self.lora_a.weight = nn.Parameter(a.to(torch.float32), requires_grad=False)
-        self.lora_b = nn.Linear(b.shape[1], b.shape[0], bias=False)
-        self.lora_b.weight = nn.Parameter(b.to(torch.float32), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * self.lora_b(self.lora_a(x))
 
 
 class HadamardInput(nn.Module):

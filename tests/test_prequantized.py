@@ -377,7 +377,8 @@ def _executorch_model(folder: Path):
 def test_meta_quantized_exports_its_own_integers(custom_ops, meta_quantized, tmp_path, kind):
     from llama_mobile.export.model import skeleton
     from llama_mobile.export.stream_build import fill_streaming
-    from llama_mobile.quantize.prequantized import HadamardInput, LoraLinear, PrequantizedQuantizer
+    from llama_mobile.quantize.lora import LoraLinear
+    from llama_mobile.quantize.prequantized import HadamardInput, PrequantizedQuantizer
     from llama_mobile.runtime_harness.metrics import compare_logits
     from llama_mobile.runtime_harness.program import Program
 

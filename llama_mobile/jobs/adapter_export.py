@@ -17,10 +17,11 @@ import torch
 from llama_mobile.core.architecture import Architecture
 from llama_mobile.core.atomic import write_file
 from llama_mobile.core.errors import ExportError, UsageError
-from llama_mobile.export.adapters import LORA_TAG, Adapter, attach, merged, read_adapter
+from llama_mobile.export.adapters import Adapter, merged, read_adapter
 from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.lower import LoweredProgram, data_sha256
 from llama_mobile.export.model import build_model
+from llama_mobile.quantize.lora import LORA_TAG, attach
 from llama_mobile.runtime_harness.parity import gate, program_parity, reference_logits
 
 ADAPTERS_DIR = "adapters"
@@ -57,7 +58,7 @@ def lower_adapters(model: torch.nn.Module, adapters: list[Adapter], base: Lowere
     programs = []
     try:
         for adapter in adapters:
-            attach(model, adapter)
+            attach(model, adapter.weights, adapter.scale)
             lowered = lower_one(keeps_adapter_inside)
             if data_sha256(lowered.weights) != base_sha:
                 raise ExportError(f"internal error: adapter {adapter.name}'s program reads other base weights "
@@ -67,7 +68,7 @@ def lower_adapters(model: torch.nn.Module, adapters: list[Adapter], base: Lowere
             note(f"adapter {adapter.name}: rank {adapter.rank}, {len(adapter.weights)} linears, program "
                  f"{len(lowered.pte) / 2**20:.2f} MiB, {lowered.delegated_calls} delegated calls")
     finally:
-        attach(model, None)
+        attach(model, {}, 0.0)
     return programs
 
 
