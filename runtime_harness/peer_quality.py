@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from llama_mobile.core.bundle import Bundle
-from llama_mobile.core.reports import OURS, PEER, BenchQuality, QualityRow, QualityScore
 from llama_mobile.core.presets import GENERIC_MODEL, MODEL_PRESETS
+from llama_mobile.core.reports import OURS, PEER, BenchQuality, QualityRow, QualityScore
 from llama_mobile.core.tokenizer import Tokenizer
 from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.model import build_model, load_custom_ops

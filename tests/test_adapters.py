@@ -193,7 +193,7 @@ def test_a_bad_adapter_is_a_one_line_error(tmp_path, case, error, message):
     elif case == "nan":
         tensors[f"{key}.lora_A.weight"][0, 0] = float("nan")
     elif case == "layer":
-        tensors[f"base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight"] = tensors[f"{key}.lora_A.weight"].clone()
+        tensors["base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight"] = tensors[f"{key}.lora_A.weight"].clone()
     elif case == "dora":
         config = {"use_dora": True}
     elif case == "half":

@@ -150,6 +150,37 @@ def test_adapters_without_base_weights_are_refused(tmp_path):
         verify_bundle(copy)
 
 
+def test_bundle_with_variants_verifies_and_resolves_them():
+    bundle = verify_bundle(VECTORS / "bundle_variants")
+    assert bundle.manifest.schema_version == 2
+    assert [(v["target"], v["status"]) for v in bundle.manifest.variants] == [
+        ("xnnpack", "ok"), ("coreml-ios18", "ok"), ("qnn-htp", "skipped")]
+    assert bundle.variant_files("xnnpack") == (bundle.program, bundle.weights)  # the top level is the first ok one
+    program, weights = bundle.variant_files("coreml-ios18")
+    assert program == VECTORS / "bundle_variants" / "variants" / "coreml-ios18" / "model.pte" and program.is_file()
+    assert weights is None
+    with pytest.raises(UsageError, match="skipped"):
+        bundle.variant_files("qnn-htp")
+
+
+def test_tampered_variant_program_is_caught(tmp_path):
+    copy = shutil.copytree(VECTORS / "bundle_variants", tmp_path / "bundle")
+    program = copy / "variants" / "coreml-ios18" / "model.pte"
+    program.write_bytes(program.read_bytes().upper())
+    with pytest.raises(BundleError, match="SHA-256"):
+        verify_bundle(copy)
+
+
+def test_variants_in_a_schema_version_1_manifest_are_refused(tmp_path):
+    copy = shutil.copytree(VECTORS / "bundle_variants", tmp_path / "bundle")
+    manifest = copy / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["schema_version"] = 1
+    manifest.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    with pytest.raises(BundleError, match="schema 1"):
+        verify_bundle(copy)
+
+
 INJECTION = json.loads((VECTORS / "injection.json").read_text(encoding="utf-8"))
 
 

@@ -77,10 +77,14 @@ class SinkWindow(click.ParamType):
               help="a LoRA adapter (PEFT folder: adapter_config.json + adapter_model.safetensors); repeatable. "
                    "Each becomes adapters/NAME.pte, a small program over the one base model.ptd, gated against "
                    "the float model with the adapter merged")
+@click.option("--targets", "targets", default=None, metavar="A,B,...",
+              help="one bundle with one variant per target (each with its own recipe, program and gate; the "
+                   "tokenizer once); a target whose SDK is missing here is listed as skipped")
+@click.option("--strict", is_flag=True, help="with --targets: a target that cannot be exported here is an error")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 def export(model, checkpoint, recipe, target, device, output_dir, context, name, no_validate, task,
            skip_memory_check, formats, single_file, calibration, requantize, kv_cache, attention_sink, adapter_options,
-           as_json):
+           targets, strict, as_json):
     """Load, quantize and lower a model, and write a verified bundle.
 
     \b
@@ -93,6 +97,7 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
       llama-mobile export --model llama3.2-1b --checkpoint CKPT --context 8192 --kv-cache int8
       llama-mobile export --attention-sink 4,508
       llama-mobile export --model llama3.2-1b --checkpoint CKPT --adapter support=./support-lora --adapter sql=./sql-lora
+      llama-mobile export --targets xnnpack,coreml-ios18,qnn-htp
     """
     quiet_libraries()
     from llama_mobile.core.progress import Progress
@@ -122,11 +127,23 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
                             single_file=single_file, calibration=calibration, requantize=requantize,
                             recipe_explicit=recipe is not None, kv_cache=kv_cache, attention_sink=attention_sink,
                             adapters=tuple(parse_adapter_option(value) for value in adapter_options))
-    result = run_export(request, Progress(STAGES, emit=say))
+    if targets is not None or strict:
+        from llama_mobile.core.errors import UsageError
+        from llama_mobile.jobs.multi_export import parse_targets, run_multi_export
+
+        if targets is None:
+            raise UsageError("--strict applies to --targets", fix="add --targets A,B or drop --strict")
+        if target is not None or adapter_options:
+            raise UsageError("--targets names every target; it takes neither --target nor --adapter",
+                             fix="drop --target/--adapter")
+        result = run_multi_export(request, parse_targets(targets), strict, Progress(STAGES, emit=say))
+    else:
+        result = run_export(request, Progress(STAGES, emit=say))
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle), "size_bytes": result.size_bytes,
                                "seconds": result.seconds, "peak_rss_bytes": result.peak_rss_bytes,
-                               "parity": result.parity, "adapters": result.manifest.adapters or []}, indent=2))
+                               "parity": result.parity, "adapters": result.manifest.adapters or [],
+                               "variants": result.manifest.variants or []}, indent=2))
         return
     click.echo(f"bundle: {result.bundle}")
     from llama_mobile.jobs.bench_job import model_bytes
@@ -141,6 +158,14 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
         gate = GateResult(metrics=ParityMetrics(**result.parity["metrics"]), thresholds=result.parity["thresholds"],
                           failures=result.parity["failures"], reference=result.parity["reference"])
         click.echo(gate.summary())
+    for variant in result.manifest.variants or ():
+        if variant["status"] != "ok":
+            click.echo(f"variant {variant['target']}: skipped ({variant['reason']})")
+            continue
+        parity = variant["parity"]
+        click.echo(f"variant {variant['target']}: {variant['program']} (+ {variant['weights'] or 'no weights file'}), "
+                   f"{variant['size_bytes'] / 2**20:.1f} MiB, recipe {variant['recipe']}"
+                   + (f", parity {'passed' if parity['passed'] else 'FAILED'}" if parity else ""))
     for adapter in result.manifest.adapters or ():
         size = result.manifest.files[adapter["program"]].size
         click.echo(f"adapter {adapter['name']}: {adapter['program']} {size / 2**20:.2f} MiB, rank {adapter['rank']}"

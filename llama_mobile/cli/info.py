@@ -167,25 +167,52 @@ def targets(as_json):
 
 @click.command()
 @click.argument("bundle", type=FilePath(path_type=Path))
+@click.option("--device", default=None, metavar="PRESET",
+              help="also say which variant a device preset runs (bundles from export --targets)")
 @click.option("--json", "as_json", is_flag=True)
-def verify(bundle, as_json):
+def verify(bundle, device, as_json):
     """Check every file of a bundle against its manifest (SHA-256) and the manifest against its schema.
 
     \b
     Example:
       llama-mobile verify out/smollm2-135m-instruct-8da4w-mixed-gptq-xnnpack
+      llama-mobile verify out/smollm2-135m-instruct-xnnpack-coreml-ios18 --device apple-a17-pro
     """
     import dataclasses
 
     from llama_mobile.core.bundle import verify_bundle
 
     manifest = verify_bundle(bundle).manifest
+    choice = None
+    if device is not None:
+        from llama_mobile.core.devices import get_device
+        from llama_mobile.core.variants import choose_variant, describe_device
+
+        preset = get_device(device)
+        if not manifest.variants:
+            from llama_mobile.core.errors import UsageError
+
+            raise UsageError("--device chooses among a bundle's variants; this bundle has one target",
+                             path=bundle, fix="export with --targets A,B, or drop --device")
+        choice = choose_variant(manifest.variants, describe_device(preset))
     if as_json:
         files = {name: dataclasses.asdict(entry) for name, entry in manifest.files.items()}
         adapters = [a["name"] for a in manifest.adapters or ()]
-        click.echo(json.dumps({"bundle": str(bundle), "ok": True, "files": files, "adapters": adapters}, indent=2))
+        variants = [{k: v[k] for k in ("target", "status", "reason", "program", "weights")}
+                    for v in manifest.variants or ()]
+        click.echo(json.dumps({"bundle": str(bundle), "ok": True, "files": files, "adapters": adapters,
+                               "variants": variants,
+                               **({"device": device, "chosen": choice.target, "reasons": choice.reasons}
+                                  if choice else {})}, indent=2))
     else:
         click.echo(f"ok: {len(manifest.files)} files match manifest.json (schema {manifest.schema_version})")
+        for variant in manifest.variants or ():
+            state = variant["program"] if variant["status"] == "ok" else f"skipped: {variant['reason']}"
+            click.echo(f"variant {variant['target']}: {state}")
+        if choice is not None:
+            click.echo(f"{device} runs: {choice.target or 'none of them'}")
+            for target, reason in choice.reasons.items():
+                click.echo(f"  not {target}: {reason}")
         for adapter in manifest.adapters or ():
             parity = adapter.get("parity")
             click.echo(f"adapter {adapter['name']}: {adapter['program']}, rank {adapter['rank']}, "

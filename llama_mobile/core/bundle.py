@@ -29,6 +29,17 @@ class Bundle:
         name = self.manifest.runtime.weights
         return self.path / name if name else None
 
+    def variant_files(self, target: str) -> tuple[Path, Path | None]:
+        """(program, weights) of the variant for ``target`` (export --targets)."""
+        variant = next((v for v in self.manifest.variants or () if v["target"] == target), None)
+        if variant is None or variant["status"] != "ok":
+            ok = [v["target"] for v in self.manifest.variants or () if v["status"] == "ok"]
+            why = f"its {target} variant was skipped: {variant['reason']}" if variant else f"no {target} variant"
+            raise UsageError(f"the bundle has {why}", path=self.path,
+                             fix=f"use one of: {', '.join(ok)}" if ok else "export with --targets")
+        weights = variant.get("weights")
+        return self.path / variant["program"], self.path / weights if weights else None
+
     def adapter_program(self, name: str) -> Path:
         """The program of LoRA adapter ``name`` (it reads the same weights file as the base program)."""
         entry = self.manifest.adapter(name)
@@ -99,7 +110,11 @@ def verify_bundle(path: Path) -> Bundle:
         raise BundleError("the manifest lists an adapter name twice", path=where, fix="re-export the bundle")
     if adapters and manifest.runtime.weights is None:
         raise BundleError("the manifest lists adapters but no base weights file", path=where, fix="re-export the bundle")
-    for role, name in {**roles, **adapters}.items():
+    variants = {f"variants[{v['target']}].{key}": v.get(key) for v in manifest.variants or ()
+                for key in ("program", "weights")}
+    if len(variants) != 2 * len(manifest.variants or ()):
+        raise BundleError("the manifest lists a variant twice", path=where, fix="re-export the bundle")
+    for role, name in {**roles, **adapters, **variants}.items():
         if name is None:
             continue
         if not (plain_name(name) if role in roles else inside(name)):

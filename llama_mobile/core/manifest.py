@@ -15,7 +15,7 @@ from llama_mobile.core.presets import ChatTemplate, SpecialTokens
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "llama-mobile-bundle"
 SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # 2: a bundle with variants (export --targets)
 SCHEMA_PATH = Path(__file__).parent / "schema" / "manifest.schema.json"
 TOOL_NAME = "llama-mobile"
 
@@ -137,6 +137,8 @@ class Manifest:
     device: dict[str, Any] | None = None  # the device preset and its plan, with --device
     # LoRA adapters: each a program (under adapters/) over the base weights file, with its gate result
     adapters: list[dict[str, Any]] | None = None
+    # export --targets: one entry per target (schema version 2); the top-level program is the first's
+    variants: list[dict[str, Any]] | None = None
     created: str | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -184,6 +186,7 @@ class Manifest:
             **({"guard": self.guard} if self.guard is not None else {}),
             **({"device": self.device} if self.device is not None else {}),
             **({"adapters": self.adapters} if self.adapters is not None else {}),
+            **({"variants": self.variants} if self.variants is not None else {}),
             "files": {name: dataclasses.asdict(entry) for name, entry in self.files.items()},
         }
         if self.created is None:
@@ -211,6 +214,7 @@ class Manifest:
             guard=data.get("guard"),
             device=data.get("device"),
             adapters=data.get("adapters"),
+            variants=data.get("variants"),
             created=data.get("created"),
             schema_version=data["schema_version"],
         )

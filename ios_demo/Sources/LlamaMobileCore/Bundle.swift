@@ -30,6 +30,37 @@ public struct VerifiedBundle {
         return directory.appendingPathComponent(adapter.program).path
     }
 
+    /// The manifest's variants (export --targets), in its order; empty in a schema version 1 bundle.
+    public var variants: [Variant] { manifest.variants }
+
+    /// The variant that runs on `device` (VariantChooser's rules). A schema version 1 bundle has no variants:
+    /// its choice is Choice(target: nil, reasons: [:]), and the app opens `programPath` with `weightsPath` as before.
+    public func chooseVariant(device: DeviceDescription) -> Choice {
+        VariantChooser.choose(manifest.variants, device: device)
+    }
+
+    /// The program of the ok variant for `target`; open it with `variantWeightsPath` as the data path.
+    public func variantProgramPath(_ target: String) throws -> String {
+        let program = try okVariant(target).program!  // Manifest.check: an ok variant names its program
+        return directory.appendingPathComponent(program).path
+    }
+
+    /// The external weights file of the ok variant for `target`; nil when its program holds them.
+    public func variantWeightsPath(_ target: String) throws -> String? {
+        try okVariant(target).weights.map { directory.appendingPathComponent($0).path }
+    }
+
+    func okVariant(_ target: String) throws -> Variant {
+        let variant = variants.first { $0.target == target }
+        if let variant, variant.status == "ok" { return variant }
+        let ok = variants.filter { $0.status == "ok" }.map { $0.target }
+        let why = variant.map { "its \(target) variant was skipped: \($0.reason ?? "no reason given")" }
+            ?? "no \(target) variant"
+        let hint = variants.isEmpty ? " (it has none: open programPath)"
+            : ok.isEmpty ? "" : "; use one of: \(ok.joined(separator: ", "))"
+        throw BundleError(description: "the bundle has \(why)\(hint)")
+    }
+
     /// Reads and checks everything; throws BundleError or ManifestError naming the first problem.
     public static func open(_ directory: URL) throws -> VerifiedBundle {
         let manifestURL = directory.appendingPathComponent("manifest.json")
@@ -48,11 +79,21 @@ public struct VerifiedBundle {
             throw BundleError(description: "adapters[\(adapter.name)].program names \(adapter.program), "
                 + "which the manifest's files do not list")
         }
+        for variant in manifest.variants {
+            for (key, file) in [("program", variant.program), ("weights", variant.weights)] {
+                guard let name = file else { continue }
+                let role = "variants[\(variant.target)].\(key)"
+                guard inside(name) else {
+                    throw BundleError(description: "\(role) \"\(name)\" is not a file name inside the bundle")
+                }
+                guard manifest.files[name] != nil else {
+                    throw BundleError(description: "\(role) names \(name), which the manifest's files do not list")
+                }
+            }
+        }
         for name in manifest.files.keys.sorted() {
             let entry = manifest.files[name]!
-            if name.hasPrefix("/") || name.split(whereSeparator: { $0 == "/" || $0 == "\\" }).contains("..") {
-                throw BundleError(description: "file entry \"\(name)\" escapes the bundle")
-            }
+            guard inside(name) else { throw BundleError(description: "file entry \"\(name)\" escapes the bundle") }
             let url = directory.appendingPathComponent(name)
             guard let attributes = try? FileManager.default.attributesOfItem(atPath: url.path),
                   let size = (attributes[.size] as? NSNumber)?.int64Value else {
@@ -67,6 +108,12 @@ public struct VerifiedBundle {
             }
         }
         return VerifiedBundle(directory: directory, manifest: manifest)
+    }
+
+    /// A listed file inside the bundle (llama_mobile/core/bundle.py's inside): relative, no '..', no backslash.
+    public static func inside(_ name: String) -> Bool {
+        !name.isEmpty && !name.hasPrefix("/") && !name.unicodeScalars.contains { $0 == "\\" || $0 == "\0" }
+            && !name.split(separator: "/", omittingEmptySubsequences: false).contains("..")
     }
 
     public static func sha256Hex(_ url: URL) throws -> String {

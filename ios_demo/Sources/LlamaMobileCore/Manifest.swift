@@ -1,7 +1,8 @@
 import Foundation
 
 /// The parts of manifest.json (llama_mobile/core/schema/manifest.schema.json) an app needs. Like the Python
-/// reader, it refuses a format or schema_version it does not know.
+/// reader, it refuses a format or schema_version it does not know. Schema version 2 (export --targets) adds a required
+/// "variants" list, which version 1 may not have.
 public struct ManifestError: Error, CustomStringConvertible {
     public let kind: String  // "json", "format", "schema_version", "missing:<field>", "field"
     public let description: String
@@ -14,7 +15,10 @@ public struct FileEntry: Codable, Equatable {
 
 public struct Manifest: Decodable {
     public static let format = "llama-mobile-bundle"
-    public static let supportedSchemaVersions = [1]
+    public static let supportedSchemaVersions = [1, 2]
+    public static let variantsSchemaVersion = 2
+    public static let variantStatuses = ["ok", "skipped"]
+    public static let variantOses = ["android", "ios"]
     static let required = ["format", "schema_version", "tool", "model", "recipe", "target", "runtime", "tokenizer",
                            "special_tokens", "prompt_template", "files"]
 
@@ -65,6 +69,8 @@ public struct Manifest: Decodable {
     let adapterList: [Adapter]?
     /// The "adapters" list; empty in bundles without adapters.
     public var adapters: [Adapter] { adapterList ?? [] }
+    /// export --targets (schema version 2): one per target, the top level being the first ok one's; empty in v1.
+    public internal(set) var variants: [Variant] = []
 
     enum CodingKeys: String, CodingKey {
         case schemaVersion = "schema_version", model, runtime, tokenizer
@@ -114,10 +120,20 @@ public struct Manifest: Decodable {
         for key in required where top[key] == nil {
             throw ManifestError(kind: "missing:\(key)", description: "manifest lacks \"\(key)\"")
         }
+        if version == variantsSchemaVersion, top["variants"] == nil {
+            throw ManifestError(kind: "missing:variants", description: "a schema version 2 manifest lacks \"variants\"")
+        }
+        if version != variantsSchemaVersion, top["variants"] != nil {
+            throw ManifestError(kind: "field", description: "\"variants\" needs schema version 2, not \(version)")
+        }
         if top["adapters"] is NSNull { throw ManifestError(kind: "field", description: "adapters must be an array") }
-        let manifest: Manifest
+        var manifest: Manifest
         do {
             manifest = try JSONDecoder().decode(Manifest.self, from: data)
+            if top["variants"] != nil {
+                let json = try JSONValue.parse(String(decoding: data, as: UTF8.self))
+                manifest.variants = try Variant.list(from: json["variants"] ?? .null)
+            }
         } catch {
             throw ManifestError(kind: "field", description: "manifest field: \(error)")
         }
@@ -150,6 +166,24 @@ public struct Manifest: Decodable {
         }
         guard adapters.isEmpty || runtime.weights != nil else {
             throw fail("the manifest lists adapters but no base weights file (runtime.weights)")
+        }
+        // The "variants" list (schema version 2): two or more, each target once; an ok one names its program.
+        if schemaVersion == Manifest.variantsSchemaVersion, variants.count < 2 {
+            throw fail("variants must list at least 2 targets")
+        }
+        var targets = Set<String>()
+        for variant in variants {
+            let target = variant.target
+            guard targets.insert(target).inserted else { throw fail("variant \"\(target)\" is listed twice") }
+            var problem: String?
+            if !Manifest.variantStatuses.contains(variant.status) {
+                problem = "status must be ok or skipped"
+            } else if variant.status == "ok", variant.program == nil {
+                problem = "program is null in an ok variant"
+            } else if let os = variant.requires.os, !Manifest.variantOses.contains(os) {
+                problem = "requires.os must be android, ios or null"
+            }
+            if let problem { throw fail("variants[\(target)].\(problem)") }
         }
     }
 }

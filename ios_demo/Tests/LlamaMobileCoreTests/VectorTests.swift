@@ -287,6 +287,149 @@ final class VectorTests: XCTestCase {
         XCTAssertTrue("\(error)".contains("adapters/../model.pte"), "\(error)")
     }
 
+    static let iphone = DeviceDescription(os: "ios", osVersion: "18.2", npuBackend: "coreml", chip: "ANE", isa: ["dotprod"],
+                                          ramGb: 8)
+    static let androidCpu = DeviceDescription(os: "android", osVersion: "14", npuBackend: nil, chip: nil,
+                                              isa: ["dotprod", "i8mm"], ramGb: 6)
+    static let snapdragon = DeviceDescription(os: "android", osVersion: "14", npuBackend: "qnn", chip: "SM8650",
+                                              isa: ["dotprod", "i8mm"], ramGb: 12)
+    static let variantsSource = VectorTests.vectors.appendingPathComponent("bundle_variants")
+
+    /// Replaces `old` (which must be there) with `new` in the manifest of the bundle copy `dir`.
+    func editManifest(_ dir: URL, _ old: String, _ new: String) throws {
+        let url = dir.appendingPathComponent("manifest.json")
+        let text = try String(contentsOf: url, encoding: .utf8)
+        XCTAssertTrue(text.contains(old), old)
+        try Data(text.replacingOccurrences(of: old, with: new).utf8).write(to: url)
+    }
+
+    func testBundleWithVariantsOpensAndListsThem() throws {
+        let bundle = try VerifiedBundle.open(Self.variantsSource)
+        XCTAssertEqual(bundle.manifest.schemaVersion, 2)
+        XCTAssertEqual(bundle.variants.map { "\($0.target):\($0.status)" },
+                       ["xnnpack:ok", "coreml-ios18:ok", "qnn-htp:skipped"])
+        XCTAssertEqual(bundle.variants[1].requires, Requirements(os: "ios", minOs: "18", minRamGb: 1))
+        // The first ok variant is the top level: a reader that ignores variants runs it.
+        XCTAssertEqual(try bundle.variantProgramPath("xnnpack"), bundle.programPath)
+        XCTAssertEqual(try bundle.variantWeightsPath("xnnpack"), bundle.weightsPath)
+    }
+
+    func testIosDeviceChoosesCoreMLAndItsProgramResolves() throws {
+        let bundle = try VerifiedBundle.open(Self.variantsSource)
+        let choice = bundle.chooseVariant(device: Self.iphone)
+        XCTAssertEqual(choice.target, "coreml-ios18")
+        let program = try bundle.variantProgramPath(try XCTUnwrap(choice.target))
+        XCTAssertEqual(program, Self.variantsSource.appendingPathComponent("variants/coreml-ios18/model.pte").path)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: program))
+        XCTAssertNil(try bundle.variantWeightsPath("coreml-ios18"))  // its program holds its weights
+        let ios17 = DeviceDescription(os: "ios", osVersion: "17.4", npuBackend: "coreml", chip: nil, isa: ["dotprod"],
+                                      ramGb: 8)
+        XCTAssertEqual(bundle.chooseVariant(device: ios17).target, "xnnpack")  // below the variant's min_os
+    }
+
+    func testAndroidWithoutNpuChoosesXnnpack() throws {
+        let bundle = try VerifiedBundle.open(Self.variantsSource)
+        let choice = bundle.chooseVariant(device: Self.androidCpu)
+        XCTAssertEqual(choice.target, "xnnpack")
+        let dir = Self.variantsSource
+        XCTAssertEqual(try bundle.variantProgramPath("xnnpack"), dir.appendingPathComponent("model.pte").path)
+        XCTAssertEqual(try bundle.variantWeightsPath("xnnpack"), dir.appendingPathComponent("model.ptd").path)
+        XCTAssertTrue(choice.reasons["coreml-ios18"]?.hasPrefix("needs ios") ?? false, "\(choice.reasons)")
+    }
+
+    func testSkippedVariantIsNeverChosenNorResolved() throws {
+        let bundle = try VerifiedBundle.open(Self.variantsSource)
+        for device in [Self.iphone, Self.androidCpu, Self.snapdragon] {
+            let choice = bundle.chooseVariant(device: device)
+            XCTAssertNotEqual(choice.target, "qnn-htp")
+            XCTAssertTrue(choice.reasons["qnn-htp"]?.hasPrefix("skipped at export: target qnn-htp needs") ?? false,
+                          "\(choice.reasons)")
+        }
+        XCTAssertEqual(bundle.chooseVariant(device: Self.snapdragon).target, "xnnpack")
+        XCTAssertThrowsError(try bundle.variantProgramPath("qnn-htp")) {
+            XCTAssertTrue($0 is BundleError)
+            XCTAssertTrue("\($0)".hasPrefix("the bundle has its qnn-htp variant was skipped: target"), "\($0)")
+            XCTAssertTrue("\($0)".hasSuffix("use one of: xnnpack, coreml-ios18"), "\($0)")
+        }
+        XCTAssertThrowsError(try bundle.variantWeightsPath("vulkan")) {
+            XCTAssertTrue("\($0)".hasPrefix("the bundle has no vulkan variant"), "\($0)")
+        }
+    }
+
+    func testTamperedMissingUnlistedOrEscapingVariantFilesAreRefused() throws {
+        let program = "variants/coreml-ios18/model.pte"
+        let corrupt = try XCTUnwrap(try openDamagedBundle("bundle_variants") { dir in
+            let url = dir.appendingPathComponent(program)
+            let text = try String(contentsOf: url, encoding: .utf8)
+            try Data(text.uppercased().utf8).write(to: url)
+        })
+        XCTAssertTrue("\(corrupt)".contains("\(program) does not match its SHA-256"), "\(corrupt)")
+        let missing = try XCTUnwrap(try openDamagedBundle("bundle_variants") { dir in
+            try FileManager.default.removeItem(at: dir.appendingPathComponent(program))
+        })
+        XCTAssertTrue("\(missing)".contains("\(program) is missing"), "\(missing)")
+        // The variant still names its program, but files lists (and hashes) it under another name.
+        let unlisted = try XCTUnwrap(try openDamagedBundle("bundle_variants") { dir in
+            try FileManager.default.moveItem(at: dir.appendingPathComponent(program),
+                                             to: dir.appendingPathComponent("variants/coreml-ios18/copy.pte"))
+            try editManifest(dir, "\"\(program)\": {", "\"variants/coreml-ios18/copy.pte\": {")
+        })
+        XCTAssertTrue(unlisted is BundleError)
+        XCTAssertTrue("\(unlisted)".contains("variants[coreml-ios18].program names \(program)"), "\(unlisted)")
+        let escaping = try XCTUnwrap(try openDamagedBundle("bundle_variants") { dir in
+            try editManifest(dir, "\"program\": \"\(program)\"", "\"program\": \"variants/../model.pte\"")
+        })
+        XCTAssertTrue(escaping is BundleError)
+        XCTAssertTrue("\(escaping)".contains("variants[coreml-ios18].program \"variants/../model.pte\" is not"),
+                      "\(escaping)")
+    }
+
+    func testVariantsNeedSchemaVersion2AndSchemaVersion2NeedsThem() throws {
+        let error = try XCTUnwrap(try openDamagedBundle("bundle_variants") { dir in
+            try editManifest(dir, "\"schema_version\": 2,", "\"schema_version\": 1,")
+        })
+        XCTAssertEqual((error as? ManifestError)?.kind, "field", "\(error)")
+        let manifests = Self.vectors.appendingPathComponent("manifests")
+        let missing = try Data(contentsOf: manifests.appendingPathComponent("invalid_missing_variants.json"))
+        XCTAssertThrowsError(try Manifest.parse(missing)) {
+            XCTAssertEqual(($0 as? ManifestError)?.kind, "missing:variants")
+        }
+        let data = try Data(contentsOf: Self.variantsSource.appendingPathComponent("manifest.json"))
+        XCTAssertEqual(try Manifest.parse(data).variants.count, 3)
+    }
+
+    func testInvalidVariantsAreManifestErrors() throws {
+        let text = try String(contentsOf: Self.variantsSource.appendingPathComponent("manifest.json"), encoding: .utf8)
+        let damages: [(String, String)] = [
+            ("\"target\": \"coreml-ios18\"", "\"target\": \"xnnpack\""),
+            ("\"status\": \"skipped\"", "\"status\": \"failed\""),
+            ("\"program\": \"variants/coreml-ios18/model.pte\"", "\"program\": null"),
+            ("\"os\": \"ios\"", "\"os\": \"windows\""),
+            ("\"min_os\": \"18\"", "\"min_os\": 18"),
+            ("\"variants\": [", "\"variants\": [], \"unused\": ["),
+            ("\"variants\": [", "\"variants\": null, \"unused\": ["),
+        ]
+        for (old, new) in damages {
+            XCTAssertTrue(text.contains(old), old)
+            XCTAssertThrowsError(try Manifest.parse(Data(text.replacingOccurrences(of: old, with: new).utf8)), new) {
+                XCTAssertEqual(($0 as? ManifestError)?.kind, "field", new)
+            }
+        }
+    }
+
+    func testSchemaVersion1BundlesStillOpenWithoutVariants() throws {
+        for name in ["bundle", "bundle_weights", "bundle_adapters"] {
+            let bundle = try VerifiedBundle.open(Self.vectors.appendingPathComponent(name))
+            XCTAssertEqual(bundle.manifest.schemaVersion, 1, name)
+            XCTAssertEqual(bundle.variants, [], name)
+            // No variants: the choice is empty and the app runs programPath.
+            XCTAssertEqual(bundle.chooseVariant(device: Self.androidCpu), Choice(target: nil, reasons: [:]), name)
+            XCTAssertThrowsError(try bundle.variantProgramPath("xnnpack"), name) {
+                XCTAssertTrue("\($0)".hasSuffix("(it has none: open programPath)"), "\($0)")
+            }
+        }
+    }
+
     func testTokenClock() {
         var now: UInt64 = 0
         let clock = TokenClock(now: { now })

@@ -21,6 +21,33 @@ data class Bundle(val dir: File, val manifest: Manifest) {
         return File(dir, adapter.program).path
     }
 
+    /** The manifest's variants (export --targets), in its order; empty in a schema version 1 bundle. */
+    val variants: List<Variant> get() = manifest.variants
+
+    /**
+     * The variant that runs on [device] ([VariantChooser]'s rules). A schema version 1 bundle has no variants: its
+     * choice is Choice(null, no reasons), and the app opens [programPath] with [weightsPath] as before.
+     */
+    fun chooseVariant(device: DeviceDescription): Choice = VariantChooser.choose(manifest.variants, device)
+
+    /** The program of the ok variant for [target]; open it with [variantWeightsPath] as the data path. */
+    fun variantProgramPath(target: String): String = File(dir, okVariant(target).program!!).path
+
+    /** The external weights file of the ok variant for [target]; null when its program holds them. */
+    fun variantWeightsPath(target: String): String? = okVariant(target).weights?.let { File(dir, it).path }
+
+    private fun okVariant(target: String): Variant {
+        val variant = manifest.variants.firstOrNull { it.target == target }
+        if (variant != null && variant.status == "ok") return variant
+        val ok = manifest.variants.filter { it.status == "ok" }.map { it.target }
+        val why = if (variant != null) "its $target variant was skipped: ${variant.reason ?: "no reason given"}" else "no $target variant"
+        throw BundleException("the bundle has $why" + when {
+            manifest.variants.isEmpty() -> " (it has none: open programPath)"
+            ok.isEmpty() -> ""
+            else -> "; use one of: ${ok.joinToString(", ")}"
+        })
+    }
+
     companion object {
         const val MANIFEST_NAME = "manifest.json"
 
@@ -43,10 +70,18 @@ data class Bundle(val dir: File, val manifest: Manifest) {
                         "which the manifest's files do not list")
                 }
             }
-            for ((name, entry) in manifest.files) {
-                if (name.startsWith("/") || name.split('/', '\\').contains("..")) {
-                    throw BundleException("file entry \"$name\" escapes the bundle")
+            for (variant in manifest.variants) {
+                for ((key, name) in listOf("program" to variant.program, "weights" to variant.weights)) {
+                    if (name == null) continue
+                    val role = "variants[${variant.target}].$key"
+                    if (!inside(name)) throw BundleException("$role \"$name\" is not a file name inside the bundle")
+                    if (!manifest.files.containsKey(name)) {
+                        throw BundleException("$role names $name, which the manifest's files do not list")
+                    }
                 }
+            }
+            for ((name, entry) in manifest.files) {
+                if (!inside(name)) throw BundleException("file entry \"$name\" escapes the bundle")
                 val file = File(dir, name)
                 if (!file.isFile) throw BundleException("$name is missing")
                 // Size first: a truncated copy fails without hashing a gigabyte.
@@ -57,6 +92,10 @@ data class Bundle(val dir: File, val manifest: Manifest) {
             }
             return Bundle(dir, manifest)
         }
+
+        /** A listed file inside the bundle (llama_mobile/core/bundle.py's inside): relative, no '..', no backslash. */
+        fun inside(name: String): Boolean = name.isNotEmpty() && !name.startsWith("/") && '\\' !in name &&
+            '\u0000' !in name && ".." !in name.split('/')
 
         fun sha256Hex(file: File): String {
             val digest = MessageDigest.getInstance("SHA-256")

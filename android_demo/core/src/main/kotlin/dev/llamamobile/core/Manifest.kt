@@ -2,7 +2,8 @@ package dev.llamamobile.core
 
 /**
  * The parts of manifest.json (schema llama_mobile/core/schema/manifest.schema.json) an app needs.
- * Like the Python reader, it refuses a format or schema_version it does not know.
+ * Like the Python reader, it refuses a format or schema_version it does not know. Schema version 2 (export --targets)
+ * adds a required "variants" list, which version 1 may not have.
  */
 class ManifestException(val kind: String, message: String) : Exception(message)
 
@@ -36,13 +37,18 @@ data class Manifest(
     val promptTemplate: ChatTemplate,
     val files: Map<String, FileEntry>,
     val attentionSink: AttentionSink? = null,
-    val adapters: List<Adapter> = emptyList()
+    val adapters: List<Adapter> = emptyList(),
+    /** export --targets (schema version 2): one per target, the top level being the first ok one's; empty in v1. */
+    val variants: List<Variant> = emptyList()
 ) {
     fun adapter(name: String): Adapter? = adapters.firstOrNull { it.name == name }
 
     companion object {
         const val FORMAT = "llama-mobile-bundle"
-        val SUPPORTED_SCHEMA_VERSIONS = listOf(1L)
+        val SUPPORTED_SCHEMA_VERSIONS = listOf(1L, 2L)
+        const val VARIANTS_SCHEMA_VERSION = 2L
+        val VARIANT_STATUSES = listOf("ok", "skipped")
+        val VARIANT_OSES = listOf("android", "ios")
         val REQUIRED = listOf("format", "schema_version", "tool", "model", "recipe", "target", "runtime", "tokenizer",
             "special_tokens", "prompt_template", "files")
         private val SHA256_HEX = Regex("[0-9a-f]{64}")
@@ -63,6 +69,12 @@ data class Manifest(
             }
             for (key in REQUIRED) {
                 if (!root.containsKey(key)) throw ManifestException("missing:$key", "manifest lacks \"$key\"")
+            }
+            if (version == VARIANTS_SCHEMA_VERSION && !root.containsKey("variants")) {
+                throw ManifestException("missing:variants", "a schema version 2 manifest lacks \"variants\"")
+            }
+            if (version != VARIANTS_SCHEMA_VERSION && root.containsKey("variants")) {
+                throw ManifestException("field", "\"variants\" needs schema version 2, not $version")
             }
             try {
                 return fromJson(root, version)
@@ -113,8 +125,29 @@ data class Manifest(
                 promptTemplate = ChatTemplate.fromJson(root.obj("prompt_template")),
                 files = files,
                 attentionSink = sink,
-                adapters = adapters(root, weights as String?)
+                adapters = adapters(root, weights as String?),
+                variants = if (root.containsKey("variants")) variants(root["variants"]) else emptyList()
             )
+        }
+
+        /** The "variants" list (schema version 2): two or more, each target once; an ok one names its program. */
+        private fun variants(json: Any?): List<Variant> {
+            val variants = Variant.listFromJson(json)
+            if (variants.size < 2) throw JsonException("variants must list at least 2 targets")
+            val seen = HashSet<String>()
+            for (variant in variants) {
+                val target = variant.target
+                if (!seen.add(target)) throw JsonException("variant \"$target\" is listed twice")
+                val os = variant.requires.os
+                val problem = when {
+                    variant.status !in VARIANT_STATUSES -> "status must be ok or skipped"
+                    variant.status == "ok" && variant.program == null -> "program is null in an ok variant"
+                    os != null && os !in VARIANT_OSES -> "requires.os must be android, ios or null"
+                    else -> null
+                }
+                if (problem != null) throw JsonException("variants[$target].$problem")
+            }
+            return variants
         }
 
         /** The "adapters" list (absent in bundles without adapters); each reads runtime.weights, so that must exist. */

@@ -222,6 +222,158 @@ class ManifestTest {
         }
     }
 
+    private val variantsDir = File(Vectors.dir, "bundle_variants")
+    private val iphone = DeviceDescription("ios", "18.2", "coreml", "Apple Neural Engine", listOf("dotprod"), 8.0)
+    private val androidCpu = DeviceDescription("android", "14", null, null, listOf("dotprod", "i8mm"), 6.0)
+    private val snapdragon = DeviceDescription("android", "14", "qnn", "SM8650", listOf("dotprod", "i8mm"), 12.0)
+
+    @Test
+    fun bundleWithVariantsOpensAndListsThem() {
+        val bundle = Bundle.open(variantsDir)
+        assertEquals(2L, bundle.manifest.schemaVersion)
+        assertEquals(listOf("xnnpack" to "ok", "coreml-ios18" to "ok", "qnn-htp" to "skipped"),
+            bundle.variants.map { it.target to it.status })
+        assertEquals(Requirements(os = "ios", minOs = "18", minRamGb = 1.0), bundle.variants[1].requires)
+        // The first ok variant is the top level: a reader that ignores variants runs it.
+        assertEquals(bundle.programPath, bundle.variantProgramPath("xnnpack"))
+        assertEquals(bundle.weightsPath, bundle.variantWeightsPath("xnnpack"))
+    }
+
+    @Test
+    fun iosDeviceChoosesCoreMLAndItsProgramResolves() {
+        val bundle = Bundle.open(variantsDir)
+        val choice = bundle.chooseVariant(iphone)
+        assertEquals("coreml-ios18", choice.target)
+        val program = bundle.variantProgramPath(choice.target!!)
+        assertEquals(File(variantsDir, "variants/coreml-ios18/model.pte").path, program)
+        assertTrue(File(program).isFile)
+        assertNull(bundle.variantWeightsPath("coreml-ios18"))  // its program holds its weights
+        val ios17 = DeviceDescription("ios", "17.4", "coreml", null, listOf("dotprod"), 8.0)
+        assertEquals("xnnpack", bundle.chooseVariant(ios17).target)  // below the variant's min_os
+    }
+
+    @Test
+    fun androidWithoutNpuChoosesXnnpack() {
+        val bundle = Bundle.open(variantsDir)
+        val choice = bundle.chooseVariant(androidCpu)
+        assertEquals("xnnpack", choice.target)
+        assertEquals(File(variantsDir, "model.pte").path, bundle.variantProgramPath("xnnpack"))
+        assertEquals(File(variantsDir, "model.ptd").path, bundle.variantWeightsPath("xnnpack"))
+        assertTrue(choice.reasons["coreml-ios18"]!!.startsWith("needs ios"))
+    }
+
+    @Test
+    fun skippedVariantIsNeverChosenNorResolved() {
+        val bundle = Bundle.open(variantsDir)
+        for (device in listOf(iphone, androidCpu, snapdragon)) {
+            val choice = bundle.chooseVariant(device)
+            assertTrue("$device", choice.target != "qnn-htp")
+            assertTrue("$device", choice.reasons["qnn-htp"]!!.startsWith("skipped at export: target qnn-htp needs"))
+        }
+        assertEquals("xnnpack", bundle.chooseVariant(snapdragon).target)
+        try {
+            bundle.variantProgramPath("qnn-htp")
+            fail("skipped variant resolved")
+        } catch (e: BundleException) {
+            assertTrue("${e.message}", e.message!!.startsWith("the bundle has its qnn-htp variant was skipped: target"))
+            assertTrue("${e.message}", e.message!!.endsWith("use one of: xnnpack, coreml-ios18"))
+        }
+        try {
+            bundle.variantWeightsPath("vulkan")
+            fail("unknown variant resolved")
+        } catch (e: BundleException) {
+            assertTrue("${e.message}", e.message!!.startsWith("the bundle has no vulkan variant"))
+        }
+    }
+
+    @Test
+    fun tamperedMissingUnlistedOrEscapingVariantFilesAreRefused() {
+        val program = "variants/coreml-ios18/model.pte"
+        expectBundleError("bundle_variants", "$program does not match its SHA-256") { dir ->
+            val file = File(dir, program)
+            file.writeText(file.readText().toUpperCase())
+        }
+        expectBundleError("bundle_variants", "$program is missing") { dir -> File(dir, program).delete() }
+        expectBundleError("bundle_variants", "variants[coreml-ios18].program names $program") { dir ->
+            editManifest(dir, "\"$program\": {", "\"variants/coreml-ios18/copy.pte\": {")
+            File(dir, program).renameTo(File(dir, "variants/coreml-ios18/copy.pte"))
+        }
+        expectBundleError("bundle_variants", "variants[coreml-ios18].program \"variants/../model.pte\" is not") { dir ->
+            editManifest(dir, "\"program\": \"$program\"", "\"program\": \"variants/../model.pte\"")
+        }
+    }
+
+    @Test
+    fun variantsNeedSchemaVersion2AndSchemaVersion2NeedsThem() {
+        val dir = Files.createTempDirectory("bundle").toFile()
+        try {
+            variantsDir.listFiles()!!.forEach { it.copyRecursively(File(dir, it.name)) }
+            editManifest(dir, "\"schema_version\": 2,", "\"schema_version\": 1,")
+            try {
+                Bundle.open(dir)
+                fail("schema version 1 with variants accepted")
+            } catch (e: ManifestException) {
+                assertEquals("field", e.kind)
+            }
+        } finally {
+            dir.deleteRecursively()
+        }
+        val text = File(variantsDir, Bundle.MANIFEST_NAME).readText(Charsets.UTF_8)
+        val missing = File(File(Vectors.dir, "manifests"), "invalid_missing_variants.json").readText(Charsets.UTF_8)
+        try {
+            Manifest.parse(missing)
+            fail("schema version 2 without variants accepted")
+        } catch (e: ManifestException) {
+            assertEquals("missing:variants", e.kind)
+        }
+        assertEquals(3, Manifest.parse(text).variants.size)
+    }
+
+    @Test
+    fun invalidVariantsAreManifestErrors() {
+        val text = File(variantsDir, Bundle.MANIFEST_NAME).readText(Charsets.UTF_8)
+        for ((old, new) in listOf(
+            "\"target\": \"coreml-ios18\"" to "\"target\": \"xnnpack\"",
+            "\"status\": \"skipped\"" to "\"status\": \"failed\"",
+            "\"program\": \"variants/coreml-ios18/model.pte\"" to "\"program\": null",
+            "\"os\": \"ios\"" to "\"os\": \"windows\"",
+            "\"min_os\": \"18\"" to "\"min_os\": 18",
+            "\"variants\": [" to "\"variants\": [], \"unused\": [",
+            "\"variants\": [" to "\"variants\": null, \"unused\": ["
+        )) {
+            assertTrue(old, text.contains(old))
+            try {
+                Manifest.parse(text.replace(old, new))
+                fail("accepted $new")
+            } catch (e: ManifestException) {
+                assertEquals(new, "field", e.kind)
+            }
+        }
+    }
+
+    @Test
+    fun schemaVersion1BundlesStillOpenWithoutVariants() {
+        for (name in listOf("bundle", "bundle_weights", "bundle_adapters")) {
+            val bundle = Bundle.open(File(Vectors.dir, name))
+            assertEquals(name, 1L, bundle.manifest.schemaVersion)
+            assertEquals(name, emptyList<Variant>(), bundle.variants)
+            assertEquals(name, Choice(null, emptyMap()), bundle.chooseVariant(androidCpu))  // run programPath
+            try {
+                bundle.variantProgramPath("xnnpack")
+                fail("$name: variant of a bundle without variants resolved")
+            } catch (e: BundleException) {
+                assertTrue("${e.message}", e.message!!.endsWith("(it has none: open programPath)"))
+            }
+        }
+    }
+
+    private fun editManifest(dir: File, old: String, new: String) {
+        val manifest = File(dir, Bundle.MANIFEST_NAME)
+        val text = manifest.readText(Charsets.UTF_8)
+        assertTrue(old, text.contains(old))
+        manifest.writeText(text.replace(old, new), Charsets.UTF_8)
+    }
+
     @Test
     fun jsonParserHandlesEscapesAndRejectsJunk() {
         val parsed = Json.parse("{\"a\": [1, -2.5e1, true, null, \"\\u00e9\\n\\ud83e\\udd99\"]}") as Map<*, *>
