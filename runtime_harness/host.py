@@ -13,9 +13,10 @@ def on_macos() -> bool:
     return platform.system() == "Darwin"
 
 
-def refuse_off_macos(bundle: Bundle) -> None:
-    """A Core ML bundle's program needs Apple's Core ML runtime; say so instead of a runtime error code."""
-    if bundle.backend == COREML_BACKEND and not on_macos():
+def refuse_off_macos(bundle: Bundle, backend: str | None = None) -> None:
+    """A Core ML bundle's (or variant's: ``backend``) program needs Apple's Core ML runtime; say so instead of
+    a runtime error code."""
+    if (backend or bundle.backend) == COREML_BACKEND and not on_macos():
         raise RuntimeFailure("this is a Core ML bundle: ExecuTorch runs its program only on macOS / iOS",
                              path=bundle.program, fix="run it on a Mac or in the iOS app; its parity was checked "
                                                       "at export (host-simulated, see parity.json)")

@@ -60,8 +60,13 @@ class Program:
         self.context_len = self._constant("get_max_context_len")
 
     @classmethod
-    def of(cls, bundle: Bundle, adapter: str | None = None) -> Program:
-        """The bundle's program, or LoRA adapter ``adapter``'s, over the bundle's weights file."""
+    def of(cls, bundle: Bundle, adapter: str | None = None, variant: str | None = None) -> Program:
+        """The bundle's program, LoRA adapter ``adapter``'s (over the bundle's weights file), or the program and
+        weights of the variant for target ``variant`` (export --targets)."""
+        if variant is not None:
+            program, weights = bundle.variant_files(variant)
+            refuse_off_macos(bundle, bundle.manifest.variant(variant)["backend"])
+            return cls(program, weights, attention_sink=bundle.manifest.runtime.attention_sink)
         refuse_off_macos(bundle)
         program = bundle.program if adapter is None else bundle.adapter_program(adapter)
         return cls(program, bundle.weights, attention_sink=bundle.manifest.runtime.attention_sink)

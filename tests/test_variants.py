@@ -70,6 +70,18 @@ def test_verify_says_which_variant_a_device_runs(multi, capfd):
     assert "variant qnn-htp: skipped" in result.stdout
 
 
+def test_validate_runs_a_variant_and_refuses_a_skipped_or_off_host_one(multi, tiny_hf, capfd):
+    result = CliRunner().invoke(main, ["validate", str(multi.bundle), "--variant", "xnnpack", "--positions", "32",
+                                       "--reference", str(tiny_hf), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["references"]["fp32"]["passed"]
+    result = CliRunner().invoke(main, ["validate", str(multi.bundle), "--variant", "qnn-htp"])
+    assert result.exit_code == 2 and "skipped" in result.stderr + capfd.readouterr().err
+    result = CliRunner().invoke(main, ["validate", str(multi.bundle), "--variant", "coreml-ios18",
+                                       "--reference", str(tiny_hf)])
+    assert result.exit_code != 0 and "only on macOS" in result.stderr + capfd.readouterr().err
+
+
 def test_a_variant_pointing_outside_the_bundle_is_refused(multi, tmp_path):
     copy = shutil.copytree(multi.bundle, tmp_path / "copy")
     manifest = json.loads((copy / "manifest.json").read_text())

@@ -27,9 +27,11 @@ from llama_mobile.core.reports import ValidationReport
 @click.option("--min-cosine", type=Finite(-1.0, 1.0), default=None)
 @click.option("--max-ppl-ratio", type=Finite(0.0, low_open=True), default=None)
 @click.option("--max-kl-mean", type=Finite(0.0), default=None)
+@click.option("--variant", default=None, metavar="TARGET",
+              help="validate the bundle's variant for TARGET (export --targets) instead of its top-level program")
 @click.option("--json", "as_json", is_flag=True, help="the full report on stdout")
 def validate(bundle, reference, text, prompts, guard_prompts, positions, gate_on, min_top1, min_cosine,
-             max_ppl_ratio, max_kl_mean, as_json):
+             max_ppl_ratio, max_kl_mean, variant, as_json):
     """Gate a bundle on its distance from the float model: exit 0 pass, 10 fail.
 
     Runs the bundle's program with the ExecuTorch runtime and the reference checkpoint eagerly in
@@ -40,6 +42,7 @@ def validate(bundle, reference, text, prompts, guard_prompts, positions, gate_on
     Examples:
       llama-mobile validate out/smollm2-135m-instruct-8da4w-mixed-gptq-xnnpack
       llama-mobile validate out/llama3.2-1b-8da4w-xnnpack --reference ~/Llama3.2-1B-Instruct --json > parity.json
+      llama-mobile validate out/smollm2-135m-instruct-xnnpack-coreml-ios18 --variant coreml-ios18   # on a Mac
     """
     quiet_libraries()
     from llama_mobile.core.errors import ParityFailure
@@ -50,7 +53,7 @@ def validate(bundle, reference, text, prompts, guard_prompts, positions, gate_on
                                    ("max_ppl_ratio", max_ppl_ratio), ("max_kl_mean", max_kl_mean)) if v is not None}
     request = ValidationRequest(bundle=bundle, reference=reference, positions=positions, text=text,
                                 prompts=prompts, gate_on=gate_on, thresholds=overrides,
-                                guard_prompts=guard_prompts)
+                                guard_prompts=guard_prompts, variant=variant)
     report = run_validation(request, Progress(STAGES, emit=say))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

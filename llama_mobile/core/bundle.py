@@ -31,7 +31,7 @@ class Bundle:
 
     def variant_files(self, target: str) -> tuple[Path, Path | None]:
         """(program, weights) of the variant for ``target`` (export --targets)."""
-        variant = next((v for v in self.manifest.variants or () if v["target"] == target), None)
+        variant = self.manifest.variant(target)
         if variant is None or variant["status"] != "ok":
             ok = [v["target"] for v in self.manifest.variants or () if v["status"] == "ok"]
             why = f"its {target} variant was skipped: {variant['reason']}" if variant else f"no {target} variant"

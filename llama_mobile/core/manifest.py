@@ -142,6 +142,9 @@ class Manifest:
     created: str | None = None
     schema_version: int = SCHEMA_VERSION
 
+    def variant(self, target: str) -> dict[str, Any] | None:
+        return next((v for v in self.variants or () if v["target"] == target), None)
+
     def adapter(self, name: str) -> dict[str, Any] | None:
         return next((a for a in self.adapters or () if a["name"] == name), None)
 

@@ -19,8 +19,8 @@ from llama_mobile.core.atomic import bundle_folder, staged_directory
 from llama_mobile.core.bundle import verify_bundle
 from llama_mobile.core.errors import ExportError, ParityFailure, UsageError
 from llama_mobile.core.hashing import sha256_file
-from llama_mobile.core.memory import peak_rss_bytes
 from llama_mobile.core.manifest import MANIFEST_NAME, Manifest
+from llama_mobile.core.memory import peak_rss_bytes
 from llama_mobile.core.progress import Progress
 from llama_mobile.core.targets import TARGETS, get_target
 from llama_mobile.core.variants import min_ram_gb

@@ -23,6 +23,7 @@ from llama_mobile.runtime_harness.greedy import (
 )
 from llama_mobile.runtime_harness.guard import EagerModel, classify
 from llama_mobile.runtime_harness.guard_prompt import format_guard_prompt
+from llama_mobile.runtime_harness.host import refuse_off_macos
 from llama_mobile.runtime_harness.metrics import compare_logits
 from llama_mobile.runtime_harness.parity import (
     GUARD_PROMPTS,
@@ -49,6 +50,7 @@ class ValidationRequest:
     thresholds: dict = field(default_factory=dict)  # overrides of the recipe's promises
     generation_steps: int = 24
     guard_prompts: Path | None = None  # JSONL of {"user": ..., "assistant": ...} for Guard bundles
+    variant: str | None = None  # a bundle's variant (export --targets) instead of its top-level program
 
 
 def _jsonl(path: Path, what: str, fix: str):
@@ -125,7 +127,7 @@ class ValidationJob(Job):
         with progress.stage("reference", str(request.reference or "embedded weights")):
             references = self.reference(inputs)
         with progress.stage("program"):
-            program = Program.of(inputs.bundle)
+            program = Program.of(inputs.bundle, variant=request.variant)
             report = self.gate(inputs, references, program)
         with progress.stage("generation", f"{len(inputs.prompt_ids)} prompts x {request.generation_steps} tokens"):
             report.generation = self.generation(inputs, references)
@@ -137,6 +139,10 @@ class ValidationJob(Job):
     def verify(self) -> Inputs:
         request = self.request
         bundle = verify_bundle(request.bundle)
+        if request.variant is not None:
+            bundle.variant_files(request.variant)  # an unknown or skipped variant stops here
+        # before the reference is built: a program this host cannot run stops here
+        refuse_off_macos(bundle, bundle.manifest.variant(request.variant)["backend"] if request.variant else None)
         tokenizer = Tokenizer(bundle.tokenizer)
         context = bundle.context_length
         token_ids = eval_token_ids(tokenizer, min(request.positions, context), request.text,
@@ -167,7 +173,10 @@ class ValidationJob(Job):
     def gate(self, inputs: Inputs, references: References, program: Program) -> ValidationReport:
         request = self.request
         candidate = program.logits_per_position(inputs.token_ids)
-        thresholds = {**inputs.bundle.manifest.thresholds, **request.thresholds}
+        manifest = inputs.bundle.manifest
+        promised = manifest.thresholds if request.variant is None else \
+            ((manifest.variant(request.variant) or {}).get("parity") or {}).get("thresholds", manifest.thresholds)
+        thresholds = {**promised, **request.thresholds}
         results = {}
         for name, logits in references.logits.items():
             result = gate(compare_logits(logits, candidate, inputs.token_ids), thresholds, reference=f"{name} eager")
@@ -179,7 +188,8 @@ class ValidationJob(Job):
 
     def generation(self, inputs: Inputs, references: References) -> GenerationMatch:
         steps = self.request.generation_steps
-        matches = [match_length(references.greedy[i], program_greedy(Program.of(inputs.bundle), ids, steps))
+        variant = self.request.variant
+        matches = [match_length(references.greedy[i], program_greedy(Program.of(inputs.bundle, variant=variant), ids, steps))
                    for i, ids in enumerate(inputs.prompt_ids)]
         return GenerationMatch(prompts=len(matches), tokens=steps, match_lengths=matches)
 
