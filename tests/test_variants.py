@@ -121,6 +121,20 @@ def test_the_cli_checks_targets(tmp_path, capfd):
     assert code == 2 and "--strict applies to --targets" in err
 
 
+def test_plan_prices_every_variant_and_their_sum():
+    def planned(*args):
+        result = CliRunner().invoke(main, ["plan", "--model", "llama3.2-1b", "--context", "2048", *args, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    whole = planned("--targets", "xnnpack,coreml-ios18")
+    one = planned("--recipe", "8da4w-mixed-gptq")["size"]["total_bytes"]
+    two = planned("--recipe", "coreml-int4")["size"]["total_bytes"]
+    assert whole["targets"]["xnnpack"]["size"]["total_bytes"] == one
+    assert whole["targets"]["coreml-ios18"]["recipe"] == "coreml-int4"
+    assert whole["total_bytes"] == one + two
+
+
 # --- the chooser ---------------------------------------------------------------------------------------
 
 CHOICE = json.loads((VECTORS / "variant_choice.json").read_text(encoding="utf-8"))

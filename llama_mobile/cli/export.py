@@ -129,14 +129,15 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
                             adapters=tuple(parse_adapter_option(value) for value in adapter_options))
     if targets is not None or strict:
         from llama_mobile.core.errors import UsageError
-        from llama_mobile.jobs.multi_export import parse_targets, run_multi_export
+        from llama_mobile.core.targets import parse_target_list
+        from llama_mobile.jobs.multi_export import run_multi_export
 
         if targets is None:
             raise UsageError("--strict applies to --targets", fix="add --targets A,B or drop --strict")
         if target is not None or adapter_options:
             raise UsageError("--targets names every target; it takes neither --target nor --adapter",
                              fix="drop --target/--adapter")
-        result = run_multi_export(request, parse_targets(targets), strict, Progress(STAGES, emit=say))
+        result = run_multi_export(request, parse_target_list(targets), strict, Progress(STAGES, emit=say))
     else:
         result = run_export(request, Progress(STAGES, emit=say))
     if as_json:

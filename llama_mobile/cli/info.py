@@ -101,8 +101,11 @@ def devices(as_json):
 @click.option("--device", type=Text(), default=None, help="device preset (see `llama-mobile devices`)")
 @click.option("--context", type=click.IntRange(2), default=None,
               help="context length (default: the device's or the model's)")
+@click.option("--targets", default=None, metavar="A,B,...",
+              help="price a bundle of one variant per target (export --targets): each target's default recipe "
+                   "unless --recipe, and the sum")
 @click.option("--json", "as_json", is_flag=True)
-def plan(model, recipe, device, context, as_json):
+def plan(model, recipe, device, context, targets, as_json):
     """Predict .pte size, runtime memory and (with --device) fit and a decode-speed ceiling, from the
     architecture alone: no weights needed.
 
@@ -110,6 +113,7 @@ def plan(model, recipe, device, context, as_json):
     Examples:
       llama-mobile plan --model llama3.2-1b --recipe llama3.2-quantized
       llama-mobile plan --model llama3.2-3b --device snapdragon-7-gen-3
+      llama-mobile plan --model llama3.2-1b --targets xnnpack,coreml-ios18,qnn-htp
     """
     from llama_mobile.core.devices import get_device
     from llama_mobile.core.presets import get_model_preset
@@ -121,6 +125,8 @@ def plan(model, recipe, device, context, as_json):
     recipe_obj = load_recipe(recipe or (chosen.recipe if chosen else DEFAULT_RECIPE))
     if context is None and chosen is None:
         context = preset.default_context
+    if targets is not None:
+        return _plan_targets(preset, targets, recipe, context, chosen, as_json)
     result = make_plan(preset.architecture, recipe_obj, context=context, device=chosen)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -139,6 +145,29 @@ def plan(model, recipe, device, context, as_json):
                    f"tok/s (a bandwidth ceiling, not a forecast); {f.threads} threads")
     for note in result.notes:
         click.echo(f"note: {note}")
+
+
+def _plan_targets(preset, targets: str, recipe: str | None, context: int | None, device, as_json: bool) -> None:
+    """The predicted bytes of every variant of an `export --targets` bundle, and their sum."""
+    from llama_mobile.core.targets import TARGETS, parse_target_list
+    from llama_mobile.jobs.plan import plan as make_plan
+    from llama_mobile.quantize.recipe import load_recipe
+
+    plans = {}
+    for name in parse_target_list(targets):
+        chosen_recipe = load_recipe(recipe or TARGETS[name].options.recipe or DEFAULT_RECIPE)
+        plans[name] = (chosen_recipe.name, make_plan(preset.architecture, chosen_recipe, context=context, device=device))
+    total = sum(p.size.total for _, p in plans.values())
+    if as_json:
+        click.echo(json.dumps({"targets": {name: {"recipe": r, **p.to_dict()} for name, (r, p) in plans.items()},
+                               "total_bytes": total}, indent=2))
+        return
+    for name, (recipe_name, result) in plans.items():
+        click.echo(f"  {name:22s} {recipe_name:22s} {result.size.total / 2**20:10.1f} MiB  "
+                   f"(runtime memory {result.memory.total / 2**20:.0f} MiB at context {result.context})")
+        for note in result.notes:
+            click.echo(f"    note: {note}")
+    click.echo(f"  {'predicted bundle':45s} {total / 2**20:10.1f} MiB  (programs and weights; the tokenizer once on top)")
 
 
 @click.command()

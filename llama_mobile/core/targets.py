@@ -136,3 +136,16 @@ def get_target(name: str) -> Target:
         return TARGETS[name]
     except KeyError:
         raise UsageError(f"unknown target {name!r}", fix=f"use one of: {', '.join(TARGETS)}") from None
+
+
+def parse_target_list(value: str) -> list[str]:
+    """``--targets A,B,...``: two or more different known targets, in the order given."""
+    from llama_mobile.core.errors import UsageError
+
+    names = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TARGETS]
+    if unknown:
+        raise UsageError(f"unknown target {unknown[0]!r}", fix=f"choose from {', '.join(TARGETS)} (`llama-mobile targets`)")
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise UsageError("--targets needs two or more different targets", fix="e.g. --targets xnnpack,coreml-ios18")
+    return names

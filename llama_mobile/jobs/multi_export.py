@@ -29,10 +29,10 @@ from llama_mobile.export.bundle import write_manifest
 from llama_mobile.jobs.export_job import ExportResult, run_export
 from llama_mobile.jobs.export_request import ExportRequest, check_request
 from llama_mobile.jobs.plan import kv_cache_bytes
+from llama_mobile.quantize.recipe import DEFAULT_RECIPE
 
 VARIANTS_DIR = "variants"
 MULTI_SCHEMA_VERSION = 2
-DEFAULT_RECIPE = "8da4w-mixed-gptq"
 
 
 @dataclass
@@ -40,16 +40,6 @@ class Planned:
     target: str
     request: ExportRequest | None  # None: skipped
     reason: str | None = None
-
-
-def parse_targets(value: str) -> list[str]:
-    targets = [t.strip() for t in value.split(",") if t.strip()]
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise UsageError(f"unknown target {unknown[0]!r}", fix=f"choose from {', '.join(TARGETS)} (`llama-mobile targets`)")
-    if len(targets) < 2 or len(set(targets)) != len(targets):
-        raise UsageError("--targets needs two or more different targets", fix="e.g. --targets xnnpack,coreml-ios18")
-    return targets
 
 
 def plan_variants(request: ExportRequest, targets: list[str], scratch: Path, strict: bool) -> list[Planned]:

@@ -223,6 +223,9 @@ def plan(arch: Architecture, recipe: Recipe, *, context: int | None = None,
                 f"{_gib(fit.budget_bytes)} an app may use on {device.name} ({RAM_SHARE:.0%} of "
                 f"{device.ram_gb} GB)", fix="choose a smaller model or a 4-bit recipe")
         context //= 2
+    if recipe.pt2e is not None:
+        notes.append(f"{recipe.name} is quantized by the backend's own PT2E quantizer at export: its weights are "
+                     "priced here as the float graph it starts from (an upper bound)")
     if context != requested:
         notes.append(f"context shrunk from {requested} to {context}: at {requested} the model needs more "
                      f"than {RAM_SHARE:.0%} of {device.name}'s {device.ram_gb} GB")
