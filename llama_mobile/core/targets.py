@@ -140,8 +140,6 @@ def get_target(name: str) -> Target:
 
 def parse_target_list(value: str) -> list[str]:
     """``--targets A,B,...``: two or more different known targets, in the order given."""
-    from llama_mobile.core.errors import UsageError
-
     names = [t.strip() for t in value.split(",") if t.strip()]
     unknown = [t for t in names if t not in TARGETS]
     if unknown:
