@@ -178,7 +178,7 @@ class ManifestTest {
     fun invalidAdaptersAreManifestErrors() {
         val text = File(File(Vectors.dir, "bundle_adapters"), Bundle.MANIFEST_NAME).readText(Charsets.UTF_8)
         val sql = "\"program\": \"adapters/sql.pte\""
-        for ((old, new) in listOf(
+        expectFieldErrors(text, listOf(
             sql to "\"program\": \"adapters/../model.pte\"",
             sql to "\"program\": \"model.pte\"",
             sql to "\"program\": \"/adapters/sql.pte\"",
@@ -190,15 +190,7 @@ class ManifestTest {
             "\"scale\": 1.0" to "\"scale\": \"1.0\"",
             "\"weights\": \"model.ptd\"" to "\"weights\": null",
             "\"adapters\": [" to "\"adapters\": null, \"unused\": ["
-        )) {
-            assertTrue(old, text.contains(old))
-            try {
-                Manifest.parse(text.replace(old, new))
-                fail("accepted $new")
-            } catch (e: ManifestException) {
-                assertEquals(new, "field", e.kind)
-            }
-        }
+        ))
         assertEquals(emptyList<Adapter>(), Manifest.parse(text.replace("\"adapters\": [", "\"adapters\": [], \"unused\": [")
             .replace("\"weights\": \"model.ptd\"", "\"weights\": null")).adapters)
     }
@@ -332,7 +324,7 @@ class ManifestTest {
     @Test
     fun invalidVariantsAreManifestErrors() {
         val text = File(variantsDir, Bundle.MANIFEST_NAME).readText(Charsets.UTF_8)
-        for ((old, new) in listOf(
+        expectFieldErrors(text, listOf(
             "\"target\": \"coreml-ios18\"" to "\"target\": \"xnnpack\"",
             "\"status\": \"skipped\"" to "\"status\": \"failed\"",
             "\"program\": \"variants/coreml-ios18/model.pte\"" to "\"program\": null",
@@ -340,15 +332,7 @@ class ManifestTest {
             "\"min_os\": \"18\"" to "\"min_os\": 18",
             "\"variants\": [" to "\"variants\": [], \"unused\": [",
             "\"variants\": [" to "\"variants\": null, \"unused\": ["
-        )) {
-            assertTrue(old, text.contains(old))
-            try {
-                Manifest.parse(text.replace(old, new))
-                fail("accepted $new")
-            } catch (e: ManifestException) {
-                assertEquals(new, "field", e.kind)
-            }
-        }
+        ))
     }
 
     @Test
@@ -383,6 +367,19 @@ class ManifestTest {
                 Json.parse(bad)
                 fail("accepted $bad")
             } catch (expected: JsonException) {
+            }
+        }
+    }
+
+    /** Each edit (old text -> new text) of [text] must make the manifest a "field" error. */
+    private fun expectFieldErrors(text: String, edits: List<Pair<String, String>>) {
+        for ((old, new) in edits) {
+            assertTrue(old, text.contains(old))
+            try {
+                Manifest.parse(text.replace(old, new))
+                fail("accepted $new")
+            } catch (e: ManifestException) {
+                assertEquals(new, "field", e.kind)
             }
         }
     }
