@@ -11,6 +11,7 @@ from llama_mobile.cli.main import main
 from llama_mobile.core.bundle import verify_bundle
 from llama_mobile.core.devices import DEVICES
 from llama_mobile.core.errors import BundleError, ExportError, UsageError
+from llama_mobile.core.targets import parse_target_list
 from llama_mobile.core.variants import at_least, choose_variant, describe_device
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -25,7 +26,7 @@ def multi(tmp_path_factory, tiny_hf):
     out = tmp_path_factory.mktemp("out")
     request = ExportRequest(model="llama", checkpoint=tiny_hf, recipe="8da4w-mixed-gptq", target="xnnpack",
                             output_dir=out, context=64, positions=48, recipe_explicit=False)
-    return run_multi_export(request, TARGETS)
+    return run_multi_export(request, parse_target_list(",".join(TARGETS)))
 
 
 def test_one_bundle_holds_a_verified_variant_per_target(multi):
@@ -102,7 +103,7 @@ def test_strict_makes_a_missing_sdk_an_error(tmp_path, tiny_hf):
     request = ExportRequest(model="llama", checkpoint=tiny_hf, recipe="8da4w", target="xnnpack", output_dir=tmp_path,
                             context=64, recipe_explicit=False)
     with pytest.raises(ExportError, match="QNN"):
-        run_multi_export(request, ["xnnpack", "qnn-htp"], strict=True)
+        run_multi_export(request, parse_target_list("xnnpack,qnn-htp"), strict=True)
     assert list(tmp_path.iterdir()) == []  # nothing written, no scratch left
 
 
@@ -133,6 +134,35 @@ def test_plan_prices_every_variant_and_their_sum():
     assert whole["targets"]["xnnpack"]["size"]["total_bytes"] == one
     assert whole["targets"]["coreml-ios18"]["recipe"] == "coreml-int4"
     assert whole["total_bytes"] == one + two
+
+
+def test_all_android_and_all_ios_name_a_variant_per_npu_soc_and_ios_runtime():
+    specs = {spec.name: spec for spec in parse_target_list("all-android,all-ios,all-android")}
+    assert list(specs) == ["xnnpack-android", "qnn-htp-sm8650", "qnn-htp-sm8750", "neuropilot-mt6989",
+                           "neuropilot-mt6991", "coreml-ios18", "xnnpack-ios"]
+    assert specs["qnn-htp-sm8650"].device == "snapdragon-8-gen-3" and specs["qnn-htp-sm8650"].target == "qnn-htp"
+    assert specs["xnnpack-ios"].single_file and specs["xnnpack-ios"].os == "ios"
+    with pytest.raises(UsageError, match="two or more"):
+        parse_target_list("xnnpack,xnnpack")
+
+
+def test_all_ios_bundle_chooses_per_ios_version(tmp_path, tiny_hf):
+    """Core ML on iOS 18, the one-file XNNPACK program before it; never the other OS's variant."""
+    from llama_mobile.jobs.export_job import ExportRequest
+    from llama_mobile.jobs.multi_export import run_multi_export
+
+    request = ExportRequest(model="llama", checkpoint=tiny_hf, recipe="8da4w", target="xnnpack", output_dir=tmp_path,
+                            context=64, positions=48, recipe_explicit=False)
+    result = run_multi_export(request, parse_target_list("all-ios,qnn-htp"), label="all-ios")
+    manifest = verify_bundle(result.bundle).manifest
+    assert result.bundle.name == "llama-all-ios"
+    variants = {v["target"]: v for v in manifest.variants}
+    assert variants["xnnpack-ios"]["weights"] is None  # one file: iOS's text runner takes no weights file
+    ios = {"os": "ios", "isa": [], "ram_gb": 8}
+    assert choose_variant(manifest.variants, {**ios, "os_version": "18.1"}).target == "coreml-ios18"
+    assert choose_variant(manifest.variants, {**ios, "os_version": "17.5"}).target == "xnnpack-ios"
+    android = {"os": "android", "os_version": "14", "isa": [], "ram_gb": 8}
+    assert choose_variant(manifest.variants, android).target is None
 
 
 # --- the chooser ---------------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ class SinkWindow(click.ParamType):
                    "the float model with the adapter merged")
 @click.option("--targets", "targets", default=None, metavar="A,B,...",
               help="one bundle with one variant per target (each with its own recipe, program and gate; the "
-                   "tokenizer once); a target whose SDK is missing here is listed as skipped")
+                   "tokenizer once); all-android / all-ios name every target the device registry has for them "
+                   "(an NPU variant per SoC); a target whose SDK is missing here is listed as skipped")
 @click.option("--strict", is_flag=True, help="with --targets: a target that cannot be exported here is an error")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 def export(model, checkpoint, recipe, target, device, output_dir, context, name, no_validate, task,
@@ -98,6 +99,7 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
       llama-mobile export --attention-sink 4,508
       llama-mobile export --model llama3.2-1b --checkpoint CKPT --adapter support=./support-lora --adapter sql=./sql-lora
       llama-mobile export --targets xnnpack,coreml-ios18,qnn-htp
+      llama-mobile export --model llama3.2-1b --checkpoint CKPT --targets all-android,all-ios
     """
     quiet_libraries()
     from llama_mobile.core.progress import Progress
@@ -137,7 +139,8 @@ def export(model, checkpoint, recipe, target, device, output_dir, context, name,
         if target is not None or adapter_options:
             raise UsageError("--targets names every target; it takes neither --target nor --adapter",
                              fix="drop --target/--adapter")
-        result = run_multi_export(request, parse_target_list(targets), strict, Progress(STAGES, emit=say))
+        result = run_multi_export(request, parse_target_list(targets), strict, Progress(STAGES, emit=say),
+                                  label=targets.replace(",", "-"))
     else:
         result = run_export(request, Progress(STAGES, emit=say))
     if as_json:

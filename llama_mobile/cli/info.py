@@ -154,9 +154,10 @@ def _plan_targets(preset, targets: str, recipe: str | None, context: int | None,
     from llama_mobile.quantize.recipe import load_recipe
 
     plans = {}
-    for name in parse_target_list(targets):
-        chosen_recipe = load_recipe(recipe or TARGETS[name].options.recipe or DEFAULT_RECIPE)
-        plans[name] = (chosen_recipe.name, make_plan(preset.architecture, chosen_recipe, context=context, device=device))
+    for spec in parse_target_list(targets):
+        chosen_recipe = load_recipe(recipe or TARGETS[spec.target].options.recipe or DEFAULT_RECIPE)
+        plans[spec.name] = (chosen_recipe.name, make_plan(preset.architecture, chosen_recipe, context=context,
+                                                          device=device))
     total = sum(p.size.total for _, p in plans.values())
     if as_json:
         click.echo(json.dumps({"targets": {name: {"recipe": r, **p.to_dict()} for name, (r, p) in plans.items()},

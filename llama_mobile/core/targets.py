@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from llama_mobile.core.devices import DEVICES
 from llama_mobile.core.errors import ConfigError, UsageError
 from llama_mobile.core.schemes import Scheme
 
@@ -138,12 +139,46 @@ def get_target(name: str) -> Target:
         raise UsageError(f"unknown target {name!r}", fix=f"use one of: {', '.join(TARGETS)}") from None
 
 
-def parse_target_list(value: str) -> list[str]:
-    """``--targets A,B,...``: two or more different known targets, in the order given."""
-    names = [t.strip() for t in value.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TARGETS]
-    if unknown:
-        raise UsageError(f"unknown target {unknown[0]!r}", fix=f"choose from {', '.join(TARGETS)} (`llama-mobile targets`)")
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise UsageError("--targets needs two or more different targets", fix="e.g. --targets xnnpack,coreml-ios18")
-    return names
+@dataclass(frozen=True)
+class VariantSpec:
+    """One variant of an `export --targets` bundle: its name in the bundle, the target it lowers to, the
+    device preset that binds an NPU target to its SoC, and whether its weights stay inside the program."""
+
+    name: str
+    target: str
+    device: str | None = None
+    single_file: bool = False
+    os: str | None = None  # "android" / "ios": the variant is for that OS only (else the backend says)
+
+
+def _group(name: str) -> list[VariantSpec]:
+    """``all-android``: XNNPACK plus an NPU variant per SoC the device registry can compile for;
+    ``all-ios``: Core ML (iOS 18) plus XNNPACK in one file (iOS's text runner takes no weights file)."""
+    if name == "all-ios":
+        return [VariantSpec("coreml-ios18", "coreml-ios18"),
+                VariantSpec("xnnpack-ios", "xnnpack", single_file=True, os="ios")]
+    npus = {f"{d.npu.target}-{d.npu.chip.lower()}": VariantSpec(f"{d.npu.target}-{d.npu.chip.lower()}", d.npu.target,
+                                                                 d.name)
+            for d in DEVICES.values() if d.vendor != "Apple" and d.npu and d.npu.target and d.npu.chip}
+    return [VariantSpec("xnnpack-android", "xnnpack", os="android"), *npus.values()]
+
+
+TARGET_GROUPS = ("all-android", "all-ios")
+
+
+def parse_target_list(value: str) -> list[VariantSpec]:
+    """``--targets A,B,...``: targets and groups (all-android, all-ios), two or more different variants in
+    the order given."""
+    specs: list[VariantSpec] = []
+    for name in (t.strip() for t in value.split(",") if t.strip()):
+        if name in TARGET_GROUPS:
+            specs += [spec for spec in _group(name) if spec not in specs]
+        elif name in TARGETS:
+            specs.append(VariantSpec(name, name))
+        else:
+            raise UsageError(f"unknown target {name!r}", fix=f"choose from {', '.join((*TARGETS, *TARGET_GROUPS))} "
+                                                           "(`llama-mobile targets`)")
+    names = [spec.name for spec in specs]
+    if len(specs) < 2 or len(set(names)) != len(names):
+        raise UsageError("--targets needs two or more different variants", fix="e.g. --targets xnnpack,coreml-ios18")
+    return specs
