@@ -5,8 +5,11 @@ are symmetric integer grids with one scale per group of 32: the integers and sca
 blocks as they are (``PrequantizedTensor``) and the build hands them to the same torchao tensors a recipe
 produces (quantize/prequantized.py). Q4_0's nibble - 8 is exactly torchao's symmetric int4 grid [-8, 7],
 and Q8_0's int8 is torchao's int8 grid; the fp16 scale widens to float32 without rounding. Other types have
-no exact form there (Q4_1/Q5_1 and K-quants carry a minimum or two-level scales, Q5_0 is 5-bit): a file
-holding any of them is requantized by the recipe, and the export names the nearest scheme for each.
+no exact form there (Q4_1/Q5_1 and K-quants carry a minimum or two-level scales, Q5_0 is 5-bit). Each matrix
+is judged on its own: the Q8_0/Q4_0 ones are kept, and the others (a file's Q6_K or F16 token_embd beside
+Q4_0 blocks, as llama-quantize often writes) are quantized from their float values by the as-published
+recipe's scheme for them; the export names the nearest scheme for each such type. Only a file with no
+Q8_0/Q4_0 matrix at all is requantized whole by the recipe.
 
 The float state dict the loaders return still holds the dequantized weights (scale x integer, exactly
 what gguf-py's dequantize gives): the float reference and the parity gate use them.
@@ -64,8 +67,8 @@ def gguf_block_record(tensor, kind: str) -> PrequantizedTensor:
 
 
 def gguf_quantization(reader, tied: bool) -> tuple[dict[str, PrequantizedTensor], dict]:
-    """({Meta name: record} when every matrix is Q8_0/Q4_0, else {}; what the file holds and how it maps).
-    A float GGUF gives ({}, {})."""
+    """({Meta name: record} of every Q8_0/Q4_0 matrix, {} when there is none; what the file holds and how
+    it maps). A float GGUF gives ({}, {})."""
     matrices = {}
     for tensor in reader.tensors:
         if tensor.name == ROPE_FREQS or len(tensor.shape) < 2:
@@ -80,11 +83,12 @@ def gguf_quantization(reader, tied: bool) -> tuple[dict[str, PrequantizedTensor]
                     "tensor_types": dict(sorted(types.items()))}
     unmapped = sorted(set(types) - set(GGUF_EXACT))
     if unmapped:
-        record["kept"] = False
-        record["nearest"] = {kind: GGUF_NEAREST.get(kind, "none") for kind in unmapped}
-        return {}, record
-    record["kept"] = True
-    return {name: gguf_block_record(tensor, kind) for name, (tensor, kind) in matrices.items()}, record
+        record["nearest"] = {kind: GGUF_NEAREST.get(kind, "the recipe's scheme") for kind in unmapped}
+    kept = {name: gguf_block_record(tensor, kind) for name, (tensor, kind) in matrices.items() if kind in GGUF_EXACT}
+    record["kept"] = bool(kept)
+    if kept and unmapped:
+        record["requantized"] = sorted(name for name, (_, kind) in matrices.items() if kind not in GGUF_EXACT)
+    return kept, record
 
 
 def check_prequantized(records: dict[str, PrequantizedTensor], state: dict[str, torch.Tensor], path: Path) -> None:
@@ -115,12 +119,16 @@ def check_prequantized(records: dict[str, PrequantizedTensor], state: dict[str, 
 def describe(quantization: dict) -> str:
     """One line for the progress output."""
     types = ", ".join(f"{kind} x{count}" for kind, count in quantization.get("tensor_types", {}).items())
+    nearest = "; ".join(f"{kind} -> nearest {scheme}" for kind, scheme in quantization.get("nearest", {}).items())
     if quantization.get("kept"):
         extras = "".join([", online Hadamard transform before w2" if quantization.get("spinquant") else "",
                           f", LoRA rank {quantization['lora_rank']} adaptors in fp32" if quantization.get("lora_rank")
                           else ""])
+        requantized = quantization.get("requantized")
+        if requantized:
+            return (f"{quantization['scheme']} weights ({types}{extras}): the Q8_0/Q4_0 matrices kept as they are, "
+                    f"{len(requantized)} others quantized from their float values ({nearest})")
         return f"{quantization['scheme']} weights ({types}{extras}) kept as they are"
-    nearest = "; ".join(f"{kind} -> nearest {scheme}" for kind, scheme in quantization.get("nearest", {}).items())
     return f"{quantization['scheme']} weights ({types}) have no exact XNNPACK form: {nearest}"
 
 

@@ -141,11 +141,13 @@ class PartQuantizer:
         self.calibrated.append(name)
         return True
 
-    def finish(self) -> dict[str, dict]:
-        """Check nothing was left in float by accident; the configs applied, for the manifest."""
+    def finish(self, check: bool = True) -> dict[str, dict]:
+        """Check nothing was left in float by accident (``check``: unless the caller checks the whole model
+        itself); the configs applied, for the manifest."""
         for quant, names in self._by_scheme.items():
             self.applied["linear:" + _describe(names)] = _config_dict(torchao_config(quant))
-        _check_all_quantized(self.model, self.recipe)
+        if check:
+            _check_all_quantized(self.model, self.recipe)
         return self.applied
 
 

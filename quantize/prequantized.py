@@ -159,24 +159,27 @@ def per_row_ready(record) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class PrequantizedQuantizer:
-    """Stands in for quantize/apply.PartQuantizer when every weight matrix comes quantized: each part's
+    """Stands in for quantize/apply.PartQuantizer when weight matrices come quantized: each part's
     embedding and linears get the checkpoint's integers and scales. The float weights already in the
     module must be exactly their dequantized value (checked), so the float reference is the model of
-    those integers."""
+    those integers. A matrix without a record goes to ``fallback`` (a PartQuantizer: the recipe's scheme
+    for it, from its float values); without one it is an error."""
 
     calibrator = None
 
-    def __init__(self, model: nn.Module, records: dict, tied: bool = False):
-        self.model, self.records, self.tied = model, records, tied
+    def __init__(self, model: nn.Module, records: dict, tied: bool = False, fallback=None):
+        self.model, self.records, self.tied, self.fallback = model, records, tied, fallback
         self.calibrated: list[str] = []
         self.schemes: dict[str, LayerQuant] = {}
         self.sources: dict[str, str] = {}
         self.split: list[str] = []  # linears held as GroupLinear
         self.shared = False  # the tied embedding reads the output layer's int8 matrix
 
+    def _key(self, name: str) -> str:
+        return "tok_embeddings.weight" if (self.tied and name == "output") else f"{name}.weight"
+
     def _record(self, name: str):
-        key = "tok_embeddings.weight" if (self.tied and name == "output") else f"{name}.weight"
-        record = self.records.get(key)
+        record = self.records.get(self._key(name))
         if record is None:
             raise ExportError(f"{name} has no quantized weights in the checkpoint",
                               fix="export with --requantize to quantize it with a recipe")
@@ -194,6 +197,9 @@ class PrequantizedQuantizer:
                    if inside(name) and isinstance(module, (nn.Embedding, nn.Linear))
                    and type(module.weight) in (torch.Tensor, nn.Parameter) and name != "output_mix"]
         for name, module in targets:
+            if self.fallback is not None and self._key(name) not in self.records:
+                self.fallback.quantize(name)
+                continue
             record = self._record(name)
             embedding = isinstance(module, nn.Embedding)
             if not module.weight.is_meta and not torch.equal(module.weight, record.float_weight()):
@@ -241,10 +247,10 @@ class PrequantizedQuantizer:
         if missed:
             raise ExportError(f"{len(missed)} weight matrices got no quantized weights (first: {missed[0]})",
                               fix="export with --requantize")
+        applied = self.fallback.finish(check=False) if self.fallback is not None else {}
         groups: dict[tuple, list[str]] = {}
         for name, quant in self.schemes.items():
             groups.setdefault((quant, self.sources[name], name == "tok_embeddings"), []).append(name)
-        applied = {}
         if self.shared:
             applied["embedding:tok_embeddings"] = {"shared_with": "output"}
             groups = {key: names for key, names in groups.items() if not key[2]}

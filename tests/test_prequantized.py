@@ -235,22 +235,52 @@ def test_requantize_restores_the_recipe_path(custom_ops, tiny_ggufs, tmp_path):
     assert not any("prequantized" in c for c in manifest["recipe"]["torchao_configs"].values())
 
 
-def test_unmappable_type_names_the_nearest_scheme(custom_ops, tiny_ggufs, tmp_path):
+def test_each_matrix_is_kept_or_quantized_on_its_own(custom_ops, tiny_ggufs, tmp_path):
+    """A Q4_1 token_embd beside Q4_0 blocks (llama-quantize often writes a K-quant or float embedding beside
+    Q4_0): the Q4_0 matrices are kept, the embedding is quantized from its floats by the as-published
+    recipe's embedding scheme, and the export says which type went to which scheme."""
     from llama_mobile.core.progress import Progress
     from llama_mobile.jobs.export_job import STAGES
 
     loaded = load_checkpoint("llama", tiny_ggufs["Q4_1"])
-    assert loaded.prequantized == {}
-    assert "Q4_1" in loaded.quantization["nearest"] and "minimum" in loaded.quantization["nearest"]["Q4_1"]
+    assert "tok_embeddings.weight" not in loaded.prequantized
+    assert loaded.prequantized and all(r.source == "Q4_0" for r in loaded.prequantized.values())
+    assert loaded.quantization["kept"] is True and loaded.quantization["requantized"] == ["tok_embeddings.weight"]
+    assert "minimum" in loaded.quantization["nearest"]["Q4_1"]
     notes = []
-    result = run_export(ExportRequest(model="llama", checkpoint=tiny_ggufs["Q4_1"], recipe="8da4w",
-                                      target="xnnpack", output_dir=tmp_path, context=64, validate=False),
+    result = run_export(ExportRequest(model="llama", checkpoint=tiny_ggufs["Q4_1"], recipe="8da4w-mixed",
+                                      recipe_explicit=False, target="xnnpack", output_dir=tmp_path, context=64,
+                                      positions=48), Progress(STAGES, emit=notes.append))
+    assert any("1 others quantized from their float values (Q4_1 -> nearest" in str(n) for n in notes), notes
+    manifest = _program_state(result.bundle)
+    assert manifest["recipe"]["name"] == "as-published"
+    configs = manifest["recipe"]["torchao_configs"]
+    assert any(c.get("prequantized") == "Q4_0" for c in configs.values())  # the blocks: the file's integers
+    assert any(key.startswith("embedding:") and "prequantized" not in c for key, c in configs.items())
+    assert result.parity["passed"]
+    # an explicit recipe would requantize the kept ones: refused unless asked for
+    with pytest.raises(UsageError, match="would requantize"):
+        run_export(ExportRequest(model="llama", checkpoint=tiny_ggufs["Q4_1"], recipe="8da4w", target="xnnpack",
+                                 output_dir=tmp_path / "explicit", context=64, validate=False))
+
+
+def test_a_file_without_any_kept_type_is_requantized_whole(custom_ops, tiny_ggufs, tmp_path):
+    from llama_mobile.core.progress import Progress
+    from llama_mobile.jobs.export_job import STAGES
+
+    source = embedded_checkpoint("smollm2-135m-instruct")
+    all_q4_1 = write_gguf_like(source, tmp_path / "all-q4_1.gguf", "Q4_1", shapes=TINY_SHAPES, seed=1)
+    loaded = load_checkpoint("llama", all_q4_1)
+    assert loaded.prequantized == {} and loaded.quantization["kept"] is False
+    notes = []
+    result = run_export(ExportRequest(model="llama", checkpoint=all_q4_1, recipe="8da4w", target="xnnpack",
+                                      output_dir=tmp_path, context=64, validate=False),
                         Progress(STAGES, emit=notes.append))
     assert any("Q4_1 -> nearest 8da4w g32" in str(n) and "requantized by recipe 8da4w" in str(n) for n in notes), notes
     manifest = _program_state(result.bundle)
     assert manifest["model"]["source"]["quantization"]["nearest"]["Q4_1"].startswith("8da4w g32")
     with pytest.raises(UsageError, match="as-published"):
-        run_export(ExportRequest(model="llama", checkpoint=tiny_ggufs["Q4_1"], recipe="as-published",
+        run_export(ExportRequest(model="llama", checkpoint=all_q4_1, recipe="as-published",
                                  target="xnnpack", output_dir=tmp_path, context=64, validate=False))
 
 

@@ -249,9 +249,11 @@ class ExportJob(Job):
                              output_mix=rotation is not None and rotation.mixes_output(arch.tied_embeddings))
             calibrator = Calibrator.create(recipe.calibration) if recipe.calibration else None
             calibration_ids, calibration_record = self._calibration_tokens(recipe, loaded)
-            quantizer = PrequantizedQuantizer(model, loaded.model.prequantized, tied=arch.tied_embeddings) \
-                if loaded.model.prequantized else PartQuantizer(model, recipe, tied=arch.tied_embeddings,
-                                                                calibrator=calibrator)
+            recipe_quantizer = PartQuantizer(model, recipe, tied=arch.tied_embeddings, calibrator=calibrator)
+            # a checkpoint's quantized matrices kept as they are; any other matrix by the recipe's scheme for it
+            quantizer = PrequantizedQuantizer(model, loaded.model.prequantized, tied=arch.tied_embeddings,
+                                              fallback=recipe_quantizer) \
+                if loaded.model.prequantized else recipe_quantizer
             reference = fill_streaming(model, loaded.model.state_dict, quantize_part=quantizer.quantize,
                                        calibration_ids=calibration_ids, observe=quantizer.observe,
                                        token_ids=token_ids if request.validate else None,
