@@ -8,8 +8,8 @@ and Q8_0's int8 is torchao's int8 grid; the fp16 scale widens to float32 without
 no exact form there (Q4_1/Q5_1 and K-quants carry a minimum or two-level scales, Q5_0 is 5-bit). Each matrix
 is judged on its own: the Q8_0/Q4_0 ones are kept, and the others (a file's Q6_K or F16 token_embd beside
 Q4_0 blocks, as llama-quantize often writes) are quantized from their float values by the as-published
-recipe's scheme for them; the export names the nearest scheme for each such type. Only a file with no
-Q8_0/Q4_0 matrix at all is requantized whole by the recipe.
+recipe's scheme for them; the export names the nearest scheme for each such type. A file whose block
+linears are not all Q8_0/Q4_0 (the embedded SmolLM2: Q4_1 blocks) is requantized whole by the recipe.
 
 The float state dict the loaders return still holds the dequantized weights (scale x integer, exactly
 what gguf-py's dequantize gives): the float reference and the parity gate use them.
@@ -67,8 +67,8 @@ def gguf_block_record(tensor, kind: str) -> PrequantizedTensor:
 
 
 def gguf_quantization(reader, tied: bool) -> tuple[dict[str, PrequantizedTensor], dict]:
-    """({Meta name: record} of every Q8_0/Q4_0 matrix, {} when there is none; what the file holds and how
-    it maps). A float GGUF gives ({}, {})."""
+    """({Meta name: record} of every Q8_0/Q4_0 matrix when all block linears are such, else {}; what the
+    file holds and how it maps). A float GGUF gives ({}, {})."""
     matrices = {}
     for tensor in reader.tensors:
         if tensor.name == ROPE_FREQS or len(tensor.shape) < 2:
@@ -84,7 +84,11 @@ def gguf_quantization(reader, tied: bool) -> tuple[dict[str, PrequantizedTensor]
     unmapped = sorted(set(types) - set(GGUF_EXACT))
     if unmapped:
         record["nearest"] = {kind: GGUF_NEAREST.get(kind, "the recipe's scheme") for kind in unmapped}
-    kept = {name: gguf_block_record(tensor, kind) for name, (tensor, kind) in matrices.items() if kind in GGUF_EXACT}
+    # Kept per matrix only when every block linear maps (the bulk of the weights): then the odd ones out are
+    # the embedding or output layer. A file whose blocks are of another type goes to the recipe whole.
+    blocks_map = all(kind in GGUF_EXACT for name, (_, kind) in matrices.items() if name.startswith("layers."))
+    kept = {name: gguf_block_record(tensor, kind) for name, (tensor, kind) in matrices.items()
+            if kind in GGUF_EXACT} if blocks_map else {}
     record["kept"] = bool(kept)
     if kept and unmapped:
         record["requantized"] = sorted(name for name, (_, kind) in matrices.items() if kind not in GGUF_EXACT)

@@ -11,6 +11,7 @@ import torch
 from llama_mobile.core.errors import CheckpointError, UsageError
 from llama_mobile.export.checkpoint import load_checkpoint
 from llama_mobile.export.embedded import embedded_checkpoint
+from llama_mobile.export.gguf_loader import open_gguf
 from llama_mobile.export.loaded import PrequantizedTensor
 from llama_mobile.export.prequantized import check_prequantized
 from llama_mobile.jobs.export_job import ExportRequest, run_export
@@ -264,12 +265,18 @@ def test_each_matrix_is_kept_or_quantized_on_its_own(custom_ops, tiny_ggufs, tmp
                                  output_dir=tmp_path / "explicit", context=64, validate=False))
 
 
-def test_a_file_without_any_kept_type_is_requantized_whole(custom_ops, tiny_ggufs, tmp_path):
+def test_a_file_whose_blocks_do_not_map_is_requantized_whole(custom_ops, tiny_ggufs, tmp_path):
+    """Q4_1 blocks (with a Q8_0 embedding, as the embedded SmolLM2 file has): the recipe path, whole."""
     from llama_mobile.core.progress import Progress
     from llama_mobile.jobs.export_job import STAGES
 
     source = embedded_checkpoint("smollm2-135m-instruct")
-    all_q4_1 = write_gguf_like(source, tmp_path / "all-q4_1.gguf", "Q4_1", shapes=TINY_SHAPES, seed=1)
+    embedded = load_checkpoint("smollm2-135m-instruct", None)
+    assert embedded.prequantized == {} and embedded.quantization["kept"] is False
+    assert "Q8_0" in embedded.quantization["tensor_types"]  # a kept type, but the blocks are Q4_1
+    all_q4_1 = write_gguf_like(source, tmp_path / "q4_1.gguf", {"token_embd.weight": "Q8_0", **{
+        t.name: "Q4_1" for t in open_gguf(source).tensors if t.name.startswith("blk.")}},
+                               shapes=TINY_SHAPES, seed=1)
     loaded = load_checkpoint("llama", all_q4_1)
     assert loaded.prequantized == {} and loaded.quantization["kept"] is False
     notes = []
