@@ -33,6 +33,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LINEAR_KINDS = (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K, MODEL_TENSOR.ATTN_V, MODEL_TENSOR.ATTN_OUT,
                 MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_DOWN, MODEL_TENSOR.FFN_UP)
 TARGETS = {BLOCK[kind][1].split(".")[-1]: BLOCK[kind][0] for kind in LINEAR_KINDS}
+BLOCK_GROUP = {BLOCK[kind][0]: BLOCK[kind][1].split(".")[0] for kind in LINEAR_KINDS}  # "attention.wq" -> "self_attn"
 _KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
 
@@ -175,9 +176,6 @@ def read_adapter(name: str, path: Path, arch: Architecture) -> Adapter:
     scale = alpha / math.sqrt(rank) if rslora else alpha / rank
     return Adapter(name=name, path=weights_file, rank=rank, alpha=alpha, scale=scale, targets=targets,
                    weights=pairs, sha256=sha256_file(weights_file))
-
-
-BLOCK_GROUP = {meta: hf.split(".")[0] for meta, hf in (BLOCK[kind] for kind in LINEAR_KINDS)}
 
 
 def _order(linear: str) -> tuple[int, str]:

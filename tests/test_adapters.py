@@ -234,3 +234,15 @@ def test_the_cli_refuses_bad_adapter_requests_before_loading(tmp_path, tiny_hf, 
     code, err = run("--adapter", f"one={tmp_path / 'absent'}")
     assert code == 2 and "not found" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing written
+
+
+def test_a_failed_adapter_gate_fails_the_bundle():
+    from llama_mobile.jobs.adapter_export import with_adapter_failures
+
+    base = {"passed": True, "failures": []}
+    good = {"name": "one", "parity": {"passed": True, "failures": []}}
+    bad = {"name": "two", "parity": {"passed": False, "failures": ["kl_mean 0.9 > 0.2"]}}
+    assert with_adapter_failures(base, [good]) == base
+    failed = with_adapter_failures(base, [good, bad])
+    assert not failed["passed"] and failed["failures"] == ["adapter two: kl_mean 0.9 > 0.2"]
+    assert with_adapter_failures(None, [bad]) is None  # --no-validate: nothing gated

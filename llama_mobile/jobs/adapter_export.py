@@ -97,6 +97,15 @@ def gate_adapters(programs: list[AdapterProgram], *, model: str, checkpoint: Pat
     return entries
 
 
+def with_adapter_failures(parity: dict | None, entries: list[dict]) -> dict | None:
+    """The bundle's gate result, failed as well when an adapter's gate failed."""
+    failed = [f"adapter {a['name']}: " + "; ".join(a["parity"]["failures"]) for a in entries
+              if a["parity"] is not None and not a["parity"]["passed"]]
+    if not failed or parity is None:
+        return parity
+    return {**parity, "passed": False, "failures": [*parity["failures"], *failed]}
+
+
 def adapter_entries(programs: list[AdapterProgram]) -> list[dict]:
     """The manifest's adapter entries of an export without the gate."""
     return [{**p.adapter.record(), "program": p.program, "parity": None} for p in programs]

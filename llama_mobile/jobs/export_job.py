@@ -55,6 +55,7 @@ from llama_mobile.jobs.adapter_export import (
     gate_adapters,
     lower_adapters,
     read_adapters,
+    with_adapter_failures,
     write_adapter_programs,
 )
 from llama_mobile.jobs.base import Job
@@ -332,10 +333,7 @@ class ExportJob(Job):
                                      staging=staging, thresholds=dataclasses.asdict(recipe.thresholds),
                                      note=self.progress.note) if request.validate \
                 else adapter_entries(built.adapter_programs)
-            failed = [f"adapter {a['name']}: " + "; ".join(a["parity"]["failures"]) for a in adapters
-                      if a["parity"] is not None and not a["parity"]["passed"]]
-            if failed and parity is not None:
-                parity = {**parity, "passed": False, "failures": [*parity["failures"], *failed]}
+            parity = with_adapter_failures(parity, adapters)
             if extras is not None and extras.temporary is not None:  # extracted for the checks only
                 shutil.rmtree(extras.temporary)
             manifest = write_manifest(staging, self._manifest(checked, loaded, built, lowered, tokenizer_file,
